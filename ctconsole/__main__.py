@@ -1,0 +1,5 @@
+import sys
+
+from ctconsole.cli import main
+
+sys.exit(main())

@@ -1,0 +1,226 @@
+"""Frozen dataclasses shared by inventory, feasibility, remap, migrate and the UI.
+
+Why one module: every layer renders or reasons about the same objects, so they
+live in one place with no behaviour beyond serialisation. Items that tie a
+container to the outside carry an :class:`External` saying why and what
+handles it; the UI and CLI only render these, they never compute them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Remedy text used when nothing can make CRIU dump the item.
+NO_REMEDY = "none: cannot be checkpointed"
+
+
+@dataclass(frozen=True)
+class External:
+    """Why an item is outside the container and what will deal with it.
+
+    ``reason`` is one sentence an operator understands; ``remedy`` names the
+    CRIU option or remap rule kind that handles it (or :data:`NO_REMEDY`);
+    ``holder`` is who holds the other end when known (e.g. "libvirt_lxc[812]").
+    """
+
+    reason: str
+    remedy: str
+    holder: str = ""
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """One namespace of a container's init, by type (``pid``, ``net``...)."""
+
+    kind: str
+    inode: int
+    shared_with_host: bool
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int  # host view
+    ppid: int
+    nspid: int  # pid inside the container's pid namespace (last NSpid entry)
+    name: str
+    cmdline: str
+    state: str  # one letter from /proc/PID/stat (R, S, D, T, t, Z, ...)
+    uid: int
+    sid: int  # session id, host view
+    pgid: int
+    tracer_pid: int = 0
+    threads: int = 1
+    sigpnd_trap: bool = False  # a SIGTRAP is pending (CRIU refuses to dump)
+    namespaces: dict[str, int] = field(default_factory=dict)  # kind -> inode
+    external: External | None = None
+
+
+@dataclass(frozen=True)
+class FdRef:
+    """Where an fd lives: a process and its fd number."""
+
+    pid: int
+    fd: int
+
+
+@dataclass(frozen=True)
+class Socket:
+    family: str  # unix, inet, inet6, netlink, packet, vsock, other
+    type: str  # stream, dgram, seqpacket, raw, other
+    inode: int
+    state: str = ""  # e.g. LISTEN, ESTABLISHED, UNCONN
+    path: str = ""  # unix: bound name ("@name" for abstract), "" when unnamed
+    peer_inode: int = 0  # unix: inode of the peer socket, 0 if none
+    peer_path: str = ""  # unix: the name the peer is bound to
+    peer_holder: str = ""  # "comm[pid]" of a process holding the peer
+    local: str = ""  # inet: "addr:port"
+    remote: str = ""  # inet: "addr:port"
+    protocol: str = ""  # netlink/packet protocol name or number
+    holders: tuple[FdRef, ...] = ()
+    external: External | None = None
+
+
+@dataclass(frozen=True)
+class Tty:
+    path: str  # e.g. /dev/pts/3 (as the fd link shows it)
+    kind: str  # pts, ptmx, console, vt, serial, other
+    rdev: int  # st_rdev of the device
+    index: int = -1  # pts number
+    master_holder: str = ""  # "comm[pid]" holding the ptmx master, when known
+    holders: tuple[FdRef, ...] = ()
+    external: External | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    path: str
+    kind: str  # char or block
+    major: int
+    minor: int
+    supported: bool  # CRIU dumps an open fd on it natively
+    holders: tuple[FdRef, ...] = ()
+    external: External | None = None
+
+
+@dataclass(frozen=True)
+class SpecialFd:
+    """An fd that is not a plain file, socket, tty or device."""
+
+    kind: str  # inotify, fanotify, eventfd, signalfd, timerfd, epoll, memfd, io_uring,
+    # perf_event, bpf, userfaultfd, pidfd, memfd_secret, pipe, fifo, other_anon
+    target: str  # the fd link text
+    holders: tuple[FdRef, ...] = ()
+    supported: bool = True
+    external: External | None = None
+
+
+@dataclass(frozen=True)
+class OpenFile:
+    """A regular file (or directory) open in the container."""
+
+    path: str
+    mnt_id: int
+    inode: int
+    size: int = 0
+    allocated: int = 0  # bytes actually allocated (st_blocks * 512)
+    nlink: int = 1
+    deleted: bool = False
+    locked: bool = False  # a POSIX/flock/OFD lock or lease is held through it
+    holders: tuple[FdRef, ...] = ()
+    external: External | None = None
+
+
+@dataclass(frozen=True)
+class Mount:
+    mount_id: int
+    parent_id: int
+    mountpoint: str  # as seen inside the container
+    root: str  # root of the mount within its filesystem
+    fstype: str
+    source: str
+    major: int = 0
+    minor: int = 0
+    options: str = ""
+    propagation: str = ""  # shared:N master:N ...
+    fuse_server: str = ""  # "comm[pid]" serving a FUSE mount, when known
+    external: External | None = None
+
+
+@dataclass(frozen=True)
+class NetIface:
+    name: str
+    kind: str  # loopback, veth, macvlan, ipvlan, vlan, vxlan, tun, tap, bridge, physical, sriov-vf, ...
+    ifindex: int
+    mac: str = ""
+    mtu: int = 0
+    up: bool = False
+    addresses: tuple[str, ...] = ()
+    peer_ifname: str = ""  # veth: the other end's name
+    peer_netns: str = ""  # veth: "host", "netns:NAME" or "netns inode N"
+    bridge: str = ""  # veth: bridge the host-side peer is enslaved to
+    parent: str = ""  # macvlan/ipvlan/vlan: lower device; VF: its PF
+    external: External | None = None
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    runtime: str  # libvirt-lxc, lxc, runc, nspawn, namespaces, tree
+    init_pid: int
+    namespaces: tuple[Namespace, ...] = ()
+    cgroups: dict[str, str] = field(default_factory=dict)  # controller(s) -> path
+    root_path: str = ""
+    lsm_label: str = ""
+    controller_pid: int = 0  # runtime process outside (libvirt_lxc, lxc monitor, conmon...)
+    controller: str = ""  # "comm[pid]" of that process
+    processes: tuple[Process, ...] = ()
+    sockets: tuple[Socket, ...] = ()
+    ttys: tuple[Tty, ...] = ()
+    devices: tuple[Device, ...] = ()
+    fds: tuple[SpecialFd, ...] = ()
+    files: tuple[OpenFile, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    interfaces: tuple[NetIface, ...] = ()
+    # kinds of the namespaces the container does not share with the host
+    own_namespaces: tuple[str, ...] = ()
+
+    def externals(self) -> list[tuple[str, Any]]:
+        """Every external item as (category, item), for counting and listing."""
+        out: list[tuple[str, Any]] = []
+        for cat in ("processes", "sockets", "ttys", "devices", "fds", "files", "mounts", "interfaces"):
+            out.extend((cat, item) for item in getattr(self, cat) if item.external is not None)
+        return out
+
+    def has_own(self, kind: str) -> bool:
+        return kind in self.own_namespaces
+
+
+def _item_dict(obj: Any) -> Any:
+    """Serialise a model object: ``external`` becomes a bool with reason/remedy beside it."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.name == "external":
+                out["external"] = value is not None
+                if value is not None:
+                    out["reason"] = value.reason
+                    out["remedy"] = value.remedy
+                    if value.holder:
+                        out["holder"] = value.holder
+                continue
+            out[f.name] = _item_dict(value)
+        return out
+    if isinstance(obj, tuple | list):
+        return [_item_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _item_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """JSON-ready form of any model object (used by ``--json`` and the agent)."""
+    return _item_dict(obj)

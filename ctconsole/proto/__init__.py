@@ -1,0 +1,1 @@
+"""Python modules generated from proto/ (see ctconsole/protogen.py); do not edit."""
