@@ -24,10 +24,13 @@ def generate(out_dir: Path = OUT_DIR) -> list[Path]:
     for name in PROTOS:
         if not (PROTO_DIR / name).exists():
             continue
-        rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={out_dir}", str(PROTO_DIR / name)])
+        rc = protoc.main(
+            ["protoc", f"-I{PROTO_DIR}", f"--python_out={out_dir}", f"--pyi_out={out_dir}", str(PROTO_DIR / name)]
+        )
         if rc != 0:
             raise SystemExit(f"protoc failed on {name}")
         made.append(out_dir / name.replace(".proto", "_pb2.py"))
+        made.append(out_dir / name.replace(".proto", "_pb2.pyi"))
     return made
 
 

@@ -7,6 +7,8 @@ counter kept going without jumping back (no lost or repeated values).
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -59,20 +61,16 @@ class Workload:
 
     def kill(self) -> None:
         for pid in {self.pid, *self.pids}:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def assert_continuous(ticks: list[int]) -> None:
     """The counter never repeated or skipped a value (what an operator checks after a restore)."""
     assert ticks, "no ticks written"
-    for a, b in zip(ticks, ticks[1:], strict=False):
+    for a, b in itertools.pairwise(ticks):
         assert b == a + 1, f"counter jumped from {a} to {b}"
 
 
@@ -103,10 +101,8 @@ def wait_gone(pid: int, timeout: float = 10.0) -> None:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    try:
+                    with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, os.WNOHANG)
-                    except ChildProcessError:
-                        pass
         except OSError:
             pass
         time.sleep(0.02)
