@@ -199,3 +199,61 @@ def test_restore_bounded_by_timeout(client: CriuClient, workdir: Path) -> None:
     with pytest.raises(CriuError):
         client.restore({}, workdir)  # empty images dir
     assert time.monotonic() - t0 < 60
+
+
+def test_cpuinfo_dump_and_check_on_this_cpu(client: CriuClient, workdir: Path) -> None:
+    img = client.cpuinfo_dump(workdir)
+    assert img.exists() and img.stat().st_size > 0
+    client.cpuinfo_check(workdir)  # the same CPU is compatible with itself
+
+
+def test_cpuinfo_check_without_image_fails_clearly(client: CriuClient, workdir: Path) -> None:
+    with pytest.raises(CriuError) as ei:
+        client.cpuinfo_check(workdir)
+    assert ei.value.request == "CPUINFO_CHECK"
+
+
+def test_page_server_child_then_restore(client: CriuClient, workdir: Path) -> None:
+    """Pages go to a page server (as on a destination), the rest is copied, restore continues."""
+    import shutil
+
+    w = spawn_counter(workdir)
+    try:
+        src, dst = workdir / "src", workdir / "dst"
+        src.mkdir()
+        dst.mkdir()
+        with client.page_server_child(dst, "127.0.0.1", 0) as (info, wait):
+            assert info.port > 0 and info.pid > 0
+            res = client.dump({"pid": w.pid, "ps": {"address": "127.0.0.1", "port": info.port}}, src)
+            assert wait(30) == 0  # WAIT_PID: the page server exited cleanly after the dump
+        assert res.stats is not None and res.stats.pages_written > 0
+        assert not list(src.glob("pages-*.img")), "pages must have gone to the page server"
+        assert list(dst.glob("pages-*.img"))
+        for f in src.glob("*.img"):
+            shutil.copy(f, dst / f.name)
+        w.proc.wait(timeout=10)
+        wait_gone(w.pid)
+        rr = client.restore({}, dst)
+        assert rr.pid == w.pid
+        w.wait_ticks(3)
+        assert_continuous(w.ticks())
+    finally:
+        w.kill()
+
+
+def test_pre_dump_without_dirty_tracking_is_explained(client: CriuClient, workdir: Path) -> None:
+    """PRE_DUMP works where soft-dirty tracking exists; elsewhere it fails cleanly, process untouched."""
+    if client.feature_check().mem_track:
+        pytest.skip("this host has soft-dirty tracking; covered by the migration pre-copy tests")
+    w = spawn_counter(workdir)
+    try:
+        (workdir / "1").mkdir()
+        with pytest.raises(CriuError) as ei, client.iterative(timeout=60) as it:
+            it.pre_dump({"pid": w.pid}, workdir / "1")
+        assert ei.value.request == "PRE_DUMP"
+        assert ei.value.log_errors
+        w.wait_ticks(3)
+        assert w.proc.poll() is None
+        assert_continuous(w.ticks())
+    finally:
+        w.kill()
