@@ -1,0 +1,49 @@
+"""Real demo and test containers: busybox rootfs run by plain namespaces, runc, LXC and libvirt-lxc,
+plus network-namespace "hosts" to migrate them to.
+
+Public API (what tests and other modules use)::
+
+    from ctconsole import lab
+    rep = lab.up()                      # UpReport(state, started, kept, failed)
+    c = lab.status().containers["ctlab-ns"]   # LabContainer: init_pid, rootfs, counter_file, ...
+    lab.read_counter(c.counter_file)    # [1, 2, 3, ...]
+    lab.restart("ctlab-ns")             # fresh container (counter from 1)
+    h = lab.host_add("dst1")            # LabHost: netns ctlab-dst1, address, src_netns, bridge
+    lab.host_del("dst1"); lab.down()
+
+Importing this package is cheap (no subprocess, no pyroute2): the CLI imports it lazily.
+"""
+
+from __future__ import annotations
+
+from ctconsole.lab.common import last_counter, read_counter
+from ctconsole.lab.core import ALL_NAMES, UpReport, adopt, down, refresh, resolve, restart, status, stop, up
+from ctconsole.lab.hosts import add as host_add
+from ctconsole.lab.hosts import delete as host_del
+from ctconsole.lab.hosts import list_hosts as host_list
+from ctconsole.lab.proc import LabError, ProcRef
+from ctconsole.lab.state import LabContainer, LabHost, LabState, lab_dir
+
+__all__ = [
+    "ALL_NAMES",
+    "LabContainer",
+    "LabError",
+    "LabHost",
+    "LabState",
+    "ProcRef",
+    "UpReport",
+    "adopt",
+    "down",
+    "host_add",
+    "host_del",
+    "host_list",
+    "lab_dir",
+    "last_counter",
+    "read_counter",
+    "refresh",
+    "resolve",
+    "restart",
+    "status",
+    "stop",
+    "up",
+]

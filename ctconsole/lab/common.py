@@ -1,0 +1,112 @@
+"""Pieces every lab runtime shares: finding a container's processes, its counter, stopping it.
+
+Why by root directory: after a checkpoint/restore (or a crash of ctconsole) the
+recorded init pid may be stale, yet processes whose root is a lab rootfs are
+still lab containers, and nothing else on the host can have that root. So
+stopping a container kills exactly the processes rooted in its rootfs (plus
+the recorded helpers), never anything matched by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from ctconsole.lab import netns
+from ctconsole.lab.proc import ProcRef, kill, ref, start_time, wait_gone
+from ctconsole.lab.rootfs import remove_tree
+from ctconsole.lab.state import LabContainer
+
+
+def pids_rooted_at(rootfs: str) -> list[int]:
+    """Pids whose root directory (``/proc/PID/root``) is ``rootfs`` (same device and inode)."""
+    try:
+        st = os.stat(rootfs)
+    except OSError:
+        return []
+    key = (st.st_dev, st.st_ino)
+    out: list[int] = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            s = os.stat(f"/proc/{name}/root")
+        except OSError:
+            continue
+        if (s.st_dev, s.st_ino) == key and name != "1":
+            out.append(int(name))
+    return out
+
+
+def read_counter(path: str | Path) -> list[int]:
+    """The counter values written so far (a partial last line is ignored)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")
+    return [int(x) for x in lines[:-1] if x.strip().isdigit()]
+
+
+def last_counter(path: str | Path) -> int:
+    ticks = read_counter(path)
+    return ticks[-1] if ticks else 0
+
+
+def reset_counter(path: str | Path) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("")
+
+
+def kill_rooted(rootfs: str) -> None:
+    """SIGKILL every process rooted in ``rootfs`` (init first: that ends its pid namespace)."""
+    for _ in range(3):
+        pids = pids_rooted_at(rootfs)
+        if not pids:
+            return
+        for pid in sorted(pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            wait_gone(pid, 5.0)
+
+
+def stop_processes(c: LabContainer) -> None:
+    """Kill the container's init, every process rooted in its rootfs, and our helpers."""
+    if c.init is not None:
+        kill(c.init)
+    kill_rooted(c.rootfs)
+    for h in c.helpers:
+        kill(h)
+    c.init = None
+    c.helpers = []
+
+
+def remove_owned(c: LabContainer) -> None:
+    """Delete the links and directories recorded as made for this container."""
+    for link in c.owned_links:
+        netns.delete_link(link)
+    c.owned_links = []
+    for d in c.owned_dirs:
+        remove_tree(Path(d))
+    c.owned_dirs = []
+
+
+def find_init(parent: int, timeout: float = 5.0) -> ProcRef | None:
+    """The single child of ``parent`` (unshare --fork and runtimes start one init)."""
+    import time
+
+    from ctconsole.lab.proc import children
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        kids = children(parent)
+        if kids:
+            return ref(kids[0], "init")
+        if start_time(parent) < 0:
+            return None
+        time.sleep(0.01)
+    return None
