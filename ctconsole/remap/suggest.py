@@ -1,0 +1,239 @@
+"""Draft a rules file for one container: one rule per external item that needs a decision.
+
+Why based on ``External.remedy``: the inventory already decides what handles
+each external item and names it there (``"veth"``, ``"mnt[...]"``,
+``"orphan_pts_master"``, ``"tcp_established"``...). :func:`rule_kind_for` maps
+any such remedy text onto a rule kind, so a new item type the inventory learns
+about gets a suggestion without touching this module. Items whose remedy is a
+plain CRIU option (``shell_job``, ``file_locks``) or :data:`NO_REMEDY` need no
+rule and are skipped.
+
+Each suggested rule carries comments saying why it is there and which values
+are guesses, so the operator reviews a file that explains itself.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from typing import Any
+
+from ctconsole.model import NO_REMEDY, Container, Mount, NetIface, Socket, Tty
+from ctconsole.remap.model import RULE_KINDS, Rule, Selector
+from ctconsole.remap.store import render_container, render_rule
+from ctconsole.remap.validate import ifname_problem
+
+#: remedy words (lower case) that name a rule kind besides the kind names themselves
+KIND_ALIASES: dict[str, str] = {
+    "mnt": "mount",
+    "ext_mnt": "mount",
+    "ext_mount": "mount",
+    "dev": "device",
+    "macvlan": "netdev",
+    "ipvlan": "netdev",
+    "vf": "netdev",
+    "sriov": "netdev",
+    "sriov-vf": "netdev",
+    "orphan_pts_master": "tty",
+    "pty": "tty",
+    "console": "tty",
+    "tcp_established": "tcp",
+    "tcp_close": "tcp",
+    "cg_root": "cgroup",
+    "cgroup_root": "cgroup",
+    "manage_cgroups": "cgroup",
+    "manage_cgroups_mode": "cgroup",
+    "lsm_profile": "lsm",
+    "lsm_mount_context": "lsm",
+    "selinux": "lsm",
+    "apparmor": "lsm",
+    "veths": "veth",
+    "unix_sk_ino": "unix",
+}
+
+
+def rule_kind_for(item: Any, category: str = "") -> str | None:
+    """The remap rule kind that handles an external inventory item, or None if no rule applies.
+
+    Reads ``item.external.remedy`` word by word (``"veth[eth0]:HOST@BR"``,
+    ``"mount rule"``, ``"tcp_established"``, ``"rule: unix"``); the first word
+    that is a rule kind or an alias of one wins. A remedy with no such word
+    (a CRIU option like ``shell_job``, or :data:`NO_REMEDY`) yields None.
+    """
+    ext = getattr(item, "external", None)
+    if ext is None:
+        return None
+    remedy = (ext.remedy or "").strip()
+    if not remedy or remedy == NO_REMEDY or remedy.lower().startswith("none"):
+        return None
+    for word in re.findall(r"[a-z0-9_-]+", remedy.lower()):
+        if word in RULE_KINDS:
+            return word
+        if word in KIND_ALIASES:
+            return KIND_ALIASES[word]
+    return None
+
+
+def item_slot(item: Any, kind: str) -> str:
+    """The rule slot (see :meth:`Rule.slot`) that would cover ``item``; compile uses it for 'no rule' notes."""
+    if isinstance(item, NetIface) and kind in ("veth", "netdev"):
+        return f"interface:{item.name}"
+    if isinstance(item, Mount) and kind == "mount":
+        return f"mount:{item.mountpoint}"
+    if kind == "device" and hasattr(item, "major"):
+        return f"device:{item.major}:{item.minor}"
+    if isinstance(item, Socket) and kind == "unix":
+        return f"unix:{item.inode}"
+    return kind
+
+
+def item_label(item: Any, category: str = "") -> str:
+    """How an operator names the item: ``interface eth0``, ``mount /srv``, ``unix socket 4242``."""
+    if isinstance(item, NetIface):
+        return f"interface {item.name}"
+    if isinstance(item, Mount):
+        return f"mount {item.mountpoint}"
+    if isinstance(item, Socket):
+        return f"{item.family} socket {item.inode}" + (f" (peer {item.peer_path})" if item.peer_path else "")
+    if isinstance(item, Tty):
+        return f"tty {item.path}"
+    name = getattr(item, "path", "") or getattr(item, "name", "") or "?"
+    return f"{category.rstrip('s') or 'item'} {name}"
+
+
+def _wrap(text: str, width: int = 96) -> list[str]:
+    words, out, cur = text.split(), [], ""
+    for w in words:
+        if cur and len(cur) + 1 + len(w) > width:
+            out.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}" if cur else w
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _host_name_for(iface: NetIface) -> str:
+    if iface.peer_ifname and ifname_problem(iface.peer_ifname) is None:
+        return iface.peer_ifname
+    return f"v{iface.name}"[:15]
+
+
+def suggest_rules(container: Container, dest: str | None = None
+                  ) -> list[tuple[Rule, list[str], dict[str, str]]]:
+    """Rules for every external item needing a decision: (rule, why-comment lines, per-key comments)."""
+    out: list[tuple[Rule, list[str], dict[str, str]]] = []
+    seen: set[str] = set()
+    for category, item in container.externals():
+        kind = rule_kind_for(item, category)
+        if kind is None:
+            continue
+        slot = item_slot(item, kind)
+        if slot in seen:
+            continue
+        seen.add(slot)
+        why = _wrap(f"{item_label(item, category)}: {item.external.reason} (remedy: {item.external.remedy})")
+        built = _build(kind, item, container)
+        if built is None:
+            out.append((Rule(kind=kind, fields={}), [*why, "TODO: fill in this rule by hand"], {}))
+            continue
+        fields, comments, extra = built
+        out.append((Rule(kind=kind, fields=fields), why + extra, comments))
+    return out
+
+
+def _build(kind: str, item: Any, c: Container) -> tuple[dict[str, Any], dict[str, str], list[str]] | None:
+    """Fields, per-key comments and extra why-lines for one suggested rule (None = can't guess)."""
+    if kind == "veth" and isinstance(item, NetIface):
+        fields: dict[str, Any] = {"interface": item.name, "host_name": _host_name_for(item)}
+        comments = {"host_name": "host-side name CRIU gives the peer on the destination (max 15 chars)"
+                    + ("" if item.peer_ifname else "; GUESS: the source peer's name is unknown")}
+        if item.bridge:
+            fields["bridge"] = item.bridge
+            comments["bridge"] = "guessed: the bridge the peer is in on the source; check the destination"
+        else:
+            fields["bridge"] = "br0"
+            comments["bridge"] = "GUESS: no bridge on the source side; set the destination bridge"
+        return fields, comments, []
+    if kind == "netdev" and isinstance(item, NetIface):
+        if item.kind == "macvlan":
+            return ({"interface": item.name, "macvlan_parent": item.parent or "eth0"},
+                    {"macvlan_parent": "lower device on the destination" +
+                     ("" if item.parent else " (GUESS)")}, [])
+        if item.kind == "sriov-vf":
+            pf = item.parent or "CHANGE-ME"
+            return ({"interface": item.name, "vf_pool": {"pf": pf}},
+                    {"vf_pool": "a free VF of this PF is moved in at restore; add vfs = [...] to limit it"}, [])
+        return ({"interface": item.name, "device": item.name},
+                {"device": "a device of that name must exist on the destination"}, [])
+    if kind == "unix" and isinstance(item, Socket):
+        fields = {}
+        comments = {}
+        if item.peer_path and not item.peer_path.startswith("@"):
+            fields["peer"] = item.peer_path
+            fields["connect"] = item.peer_path
+            comments["connect"] = "same path as on the source; the destination must listen there"
+        else:
+            fields["inode"] = item.inode
+            fields["connect"] = "/CHANGE-ME"
+            comments["connect"] = "the peer has no path: give the socket to connect to on the destination"
+        return fields, comments, []
+    if kind == "tty" and isinstance(item, Tty):
+        return ({"path": item.path} if item.path.startswith("/dev/") else {},
+                {"path": "ctconsole keeps the new PTY's master (the console) after restore"}, [])
+    if kind == "mount" and isinstance(item, Mount):
+        # the inventory spells the host path out in its remedy: "... mnt[KEY]:/host/path on restore"
+        m = re.search(r"mnt\[[^\]]*\]:(/\S*) on restore", item.external.remedy if item.external else "")
+        if m:
+            host_path = m.group(1).rstrip("),")
+        elif item.root.startswith("/") and item.root != "/":
+            host_path = item.root
+        else:
+            host_path = item.mountpoint
+        return ({"mountpoint": item.mountpoint, "path": host_path},
+                {"path": "same host path as on the source; it must exist on the destination"}, [])
+    if kind == "device" and hasattr(item, "major"):
+        target = getattr(item, "source", "") or getattr(item, "path", "")
+        if not str(target).startswith("/dev/"):
+            target = "/dev/CHANGE-ME"
+        return ({"source": f"{item.major}:{item.minor}", "target": target},
+                {"target": "the device node to use on the destination"}, [])
+    if kind == "tcp":
+        return {"mode": "keep"}, {"mode": "keep = TCP repair (same IP on the destination); close = reset"}, []
+    if kind == "lsm":
+        label = c.lsm_label
+        if label.count(":") >= 3:
+            return ({"selinux": ":".join(label.split(":")[:3]) + ":s0", "mcs": "auto"},
+                    {"mcs": "a category pair no process on the destination uses"}, [])
+        if label:
+            return ({"apparmor": label.split(" ")[0]}, {}, [])
+        return None
+    if kind == "cgroup":
+        return ({"mode": "soft"}, {"mode": "ignore, cg_none, props, soft, full or strict"}, [])
+    return None
+
+
+def suggest(container: Container, dest: str | None = None, *, now: _dt.datetime | None = None) -> str:
+    """A complete draft rules file (TOML text) for ``container``, commented for review."""
+    now = now or _dt.datetime.now(_dt.UTC)
+    rules = suggest_rules(container, dest)
+    head = [
+        f"Draft remap rules for {container.name} ({container.runtime}, id {container.id})",
+        f"generated by 'ctconsole rules suggest' on {now.strftime('%Y-%m-%d %H:%M UTC')}"
+        + (f" for destination {dest}" if dest else "") + ".",
+        "Review every rule (values marked GUESS or CHANGE-ME in particular), then run",
+        "'ctconsole rules validate FILE' on the destination. Format: docs/remap.md.",
+    ]
+    lines = [f"# {h}" for h in head] + ["version = 1", ""]
+    sel = Selector(name=container.name, runtime=container.runtime, to=dest or "")
+    if not rules:
+        lines += ["# Nothing of this container needs a remap rule: every external item is handled",
+                  "# by a CRIU option or cannot be migrated at all (see 'ctconsole check')."]
+        lines += render_container(sel)
+        return "\n".join(lines) + "\n"
+    lines += render_container(sel)
+    for rule, why, comments in rules:
+        lines.append("")
+        lines += render_rule(rule, header_comment=why, comments=comments)
+    return "\n".join(lines) + "\n"
