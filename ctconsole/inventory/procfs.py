@@ -1,0 +1,327 @@
+"""Readers for /proc that never raise on a vanished process.
+
+Why this module: every part of the inventory reads /proc, and processes exit
+while we read. Each reader returns ``None`` (or an empty value) when the entry
+is gone or unreadable, so callers skip the process instead of crashing. The
+readers are plain functions over paths so tests can point them at a fake
+tree via ``PROC``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+PROC = "/proc"
+
+#: Namespace kinds, in the order ``/proc/PID/ns`` is usually listed.
+NS_KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+
+
+@dataclass
+class ProcStat:
+    """The fields of ``/proc/PID/stat`` the inventory needs (host view)."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgid: int
+    sid: int
+    tty_nr: int
+    threads: int
+
+
+@dataclass
+class ProcStatus:
+    """Fields from ``/proc/PID/status``: pid namespace ids, tracer, uid, pending signals."""
+
+    nspid: tuple[int, ...] = ()
+    tracer_pid: int = 0
+    uid: int = 0
+    sigpnd_trap: bool = False
+
+
+@dataclass
+class MountInfo:
+    """One line of ``/proc/PID/mountinfo``."""
+
+    mount_id: int
+    parent_id: int
+    major: int
+    minor: int
+    root: str
+    mountpoint: str
+    options: str
+    propagation: str
+    fstype: str
+    source: str
+    super_options: str = ""
+
+
+@dataclass
+class FdInfo:
+    """The parts of ``/proc/PID/fdinfo/N`` we use."""
+
+    flags: int = 0
+    mnt_id: int = 0
+    tty_index: int = -1
+    locks: list[str] = field(default_factory=list)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "surrogateescape")
+    except (OSError, ValueError):
+        return None
+
+
+def list_pids() -> list[int]:
+    """All pids visible in our pid namespace (thread-group leaders only)."""
+    out = []
+    try:
+        with os.scandir(PROC) as it:
+            for entry in it:
+                name = entry.name
+                if name.isdigit():
+                    out.append(int(name))
+    except OSError:
+        return []
+    return out
+
+
+def parse_stat(pid: int, text: str) -> ProcStat | None:
+    """Parse a stat line; ``comm`` may contain spaces and parentheses, hence rpartition."""
+    try:
+        head, _, tail = text.rpartition(")")
+        comm = head.split("(", 1)[1]
+        f = tail.split()
+        return ProcStat(
+            pid=pid,
+            comm=comm,
+            state=f[0],
+            ppid=int(f[1]),
+            pgid=int(f[2]),
+            sid=int(f[3]),
+            tty_nr=int(f[4]),
+            threads=int(f[17]),
+        )
+    except (IndexError, ValueError):
+        return None
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    text = _read(f"{PROC}/{pid}/stat")
+    return parse_stat(pid, text) if text else None
+
+
+def _field(text: str, key: str) -> str:
+    """Value of ``Key:`` in a status file; str.find beats splitting ~55 lines per process."""
+    i = text.find("\n" + key + ":")
+    if i < 0:
+        return ""
+    i += len(key) + 2
+    j = text.find("\n", i)
+    return text[i : j if j >= 0 else len(text)].strip()
+
+
+def parse_status(text: str) -> ProcStatus:
+    text = "\n" + text
+    st = ProcStatus()
+    try:
+        nspid = _field(text, "NSpid")
+        st.nspid = tuple(int(v) for v in nspid.split()) if nspid else ()
+        st.tracer_pid = int(_field(text, "TracerPid") or 0)
+        uid = _field(text, "Uid")
+        st.uid = int(uid.split()[0]) if uid else 0
+        pending = int(_field(text, "SigPnd") or "0", 16) | int(_field(text, "ShdPnd") or "0", 16)
+    except ValueError:
+        return st
+    st.sigpnd_trap = bool(pending & 0x10)  # bit 5 (SIGTRAP) - CRIU refuses to dump it
+    return st
+
+
+def read_status(pid: int) -> ProcStatus | None:
+    text = _read(f"{PROC}/{pid}/status")
+    return parse_status(text) if text else None
+
+
+def read_cmdline(pid: int) -> str:
+    text = _read(f"{PROC}/{pid}/cmdline")
+    if not text:
+        return ""
+    return " ".join(text.rstrip("\0").split("\0"))
+
+
+def ns_inode(pid: int, kind: str) -> int:
+    """Inode of one namespace of ``pid`` (0 when unreadable: gone, or no permission)."""
+    try:
+        link = os.readlink(f"{PROC}/{pid}/ns/{kind}")
+    except OSError:
+        return 0
+    return parse_ns_link(link)
+
+
+def parse_ns_link(link: str) -> int:
+    """``net:[4026531840]`` -> 4026531840."""
+    lb = link.find("[")
+    if lb < 0 or not link.endswith("]"):
+        return 0
+    try:
+        return int(link[lb + 1 : -1])
+    except ValueError:
+        return 0
+
+
+def namespaces(pid: int) -> dict[str, int]:
+    """kind -> inode for every namespace kind the kernel exposes (missing kinds left out)."""
+    out = {}
+    for kind in NS_KINDS:
+        ino = ns_inode(pid, kind)
+        if ino:
+            out[kind] = ino
+    return out
+
+
+def read_cgroups(pid: int) -> dict[str, str]:
+    """controller list -> path; the cgroup v2 line ``0::/path`` is keyed ``unified``."""
+    text = _read(f"{PROC}/{pid}/cgroup")
+    out: dict[str, str] = {}
+    if not text:
+        return out
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            out[parts[1] or "unified"] = parts[2]
+    return out
+
+
+def read_lsm_label(pid: int) -> str:
+    """SELinux context or AppArmor profile from ``attr/current`` ("" when no LSM is active)."""
+    text = _read(f"{PROC}/{pid}/attr/current")
+    if not text:
+        return ""
+    return text.strip().strip("\0")
+
+
+def list_fds(pid: int) -> list[tuple[int, str]] | None:
+    """(fd, link text) for every open fd, or None when the process is gone/unreadable."""
+    base = f"{PROC}/{pid}/fd"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return None
+    out = []
+    for name in names:
+        try:
+            out.append((int(name), os.readlink(f"{base}/{name}")))
+        except (OSError, ValueError):
+            continue  # fd closed between listdir and readlink
+    return out
+
+
+def parse_fdinfo(text: str) -> FdInfo:
+    info = FdInfo()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key == "flags":
+            info.flags = int(value, 8)
+        elif key == "mnt_id":
+            info.mnt_id = int(value)
+        elif key == "tty-index":
+            info.tty_index = int(value)
+        elif key == "lock":
+            info.locks.append(value)
+    return info
+
+
+def read_fdinfo(pid: int, fd: int) -> FdInfo | None:
+    text = _read(f"{PROC}/{pid}/fdinfo/{fd}")
+    return parse_fdinfo(text) if text is not None else None
+
+
+def fd_stat(pid: int, fd: int) -> os.stat_result | None:
+    """stat() of the open file itself (follows the magic link)."""
+    try:
+        return os.stat(f"{PROC}/{pid}/fd/{fd}")
+    except OSError:
+        return None
+
+
+def _unescape(s: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040 ...)."""
+    if "\\" not in s:
+        return s
+    out = []
+    i = 0
+    while i < len(s):
+        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1 : i + 4].isdigit():
+            out.append(chr(int(s[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[MountInfo]:
+    out = []
+    for line in text.splitlines():
+        f = line.split()
+        try:
+            sep = f.index("-", 6)
+            major, minor = f[2].split(":")
+            out.append(
+                MountInfo(
+                    mount_id=int(f[0]),
+                    parent_id=int(f[1]),
+                    major=int(major),
+                    minor=int(minor),
+                    root=_unescape(f[3]),
+                    mountpoint=_unescape(f[4]),
+                    options=f[5],
+                    propagation=" ".join(f[6:sep]),
+                    fstype=f[sep + 1],
+                    source=_unescape(f[sep + 2]) if len(f) > sep + 2 else "",
+                    super_options=f[sep + 3] if len(f) > sep + 3 else "",
+                )
+            )
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
+def read_mountinfo(pid: int) -> list[MountInfo] | None:
+    text = _read(f"{PROC}/{pid}/mountinfo")
+    return parse_mountinfo(text) if text is not None else None
+
+
+def read_locks() -> set[tuple[int, int, int]]:
+    """(major, minor, inode) of every file with a lock or lease (``/proc/locks``)."""
+    return parse_locks(_read(f"{PROC}/locks") or "")
+
+
+def parse_locks(text: str) -> set[tuple[int, int, int]]:
+    out = set()
+    for line in text.splitlines():
+        f = line.split()
+        # "1: POSIX  ADVISORY  WRITE 1234 08:01:12345 0 EOF"; blocked waiters have "->" first
+        if len(f) > 1 and f[1] == "->":
+            f = [f[0], *f[2:]]
+        if len(f) < 6:
+            continue
+        try:
+            maj, mino, ino = f[5].split(":")
+            out.add((int(maj, 16), int(mino, 16), int(ino)))
+        except ValueError:
+            continue
+    return out
+
+
+def root_link(pid: int) -> str:
+    try:
+        return os.readlink(f"{PROC}/{pid}/root")
+    except OSError:
+        return ""
