@@ -342,6 +342,41 @@ def _setns(fd: int, nstype: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+CLONE_NEWUTS = 0x04000000
+
+
+def uts_hostname(pid: int) -> str:
+    """The hostname inside ``pid``'s UTS namespace ("" when it is the host's or unreadable).
+
+    A plain namespaced container has no runtime to name it; its hostname is
+    what its operator chose, so it is the best human name there is. setns()
+    is per-thread: the calling thread enters and leaves straight away.
+    """
+    try:
+        if os.stat(f"/proc/{pid}/ns/uts").st_ino == os.stat("/proc/self/ns/uts").st_ino:
+            return ""
+        target = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY)
+    except OSError:
+        return ""
+    try:
+        home = os.open("/proc/thread-self/ns/uts", os.O_RDONLY)
+    except OSError:
+        os.close(target)
+        return ""
+    try:
+        try:
+            _setns(target, CLONE_NEWUTS)
+        except OSError:
+            return ""
+        try:
+            return os.uname().nodename
+        finally:
+            _setns(home, CLONE_NEWUTS)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
 def sockets_in_netns(ns_path: str | None, protos: tuple[int, ...]) -> list[socket.socket]:
     """Netlink sockets (one per protocol) bound to the network namespace at ``ns_path``.
 

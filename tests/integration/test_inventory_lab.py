@@ -1,7 +1,6 @@
-"""The inventory against the real lab containers (libvirt-lxc, LXC, runc, namespaces), when they are up.
+"""The inventory against the real lab containers (libvirt-lxc, LXC, runc, namespaces).
 
-Optional: these tests skip unless ``ctconsole lab up`` has been run (the lab
-is another engineer's module; the inventory must not depend on it).
+The session ``lab`` fixture brings the lab up (and down afterwards unless it was already up).
 """
 
 from __future__ import annotations
@@ -11,27 +10,19 @@ from typing import Any
 import pytest
 
 from ctconsole import inventory
+from tests import lab_fixtures
+
+lab = lab_fixtures.lab
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 
-def _running() -> list[Any]:
-    try:
-        from ctconsole.lab import core
-    except ImportError:
-        return []
-    try:
-        st = core.status()
-    except Exception:  # no lab state file, or a lab from another version
-        return []
-    return [c for c in st.containers.values() if c.running]
-
-
 @pytest.fixture(scope="module")
-def lab_containers(needs_root: None) -> list[Any]:
-    running = _running()
-    if not running:
-        pytest.skip("no lab containers are running (ctconsole lab up)")
+def lab_containers(lab: Any) -> list[Any]:
+    from ctconsole.lab import core
+
+    running = [c for c in core.status().containers.values() if c.running]
+    assert {c.runtime for c in running} >= {"namespaces", "runc", "lxc", "libvirt-lxc"}, running
     return running
 
 
@@ -44,6 +35,8 @@ def test_each_lab_container_is_found_with_its_runtime(lab_containers: list[Any])
             assert c.id == lc.runtime_id
         if lc.runtime == "libvirt-lxc":
             assert c.name == lc.runtime_id
+        if lc.runtime == "namespaces":  # no runtime names it: its UTS hostname does
+            assert c.name == lc.name
 
 
 def test_lab_ties_to_the_outside(lab_containers: list[Any]) -> None:
