@@ -1,0 +1,234 @@
+"""Feasibility check: can CRIU checkpoint this container, and with which options?
+
+Why before anything is frozen: operators used to learn it from a CRIU log after
+a failed dump. :func:`check` runs the static rules over the inventory
+(:mod:`ctconsole.feasibility.rules`), the CRIU/kernel checks on source and
+destination (:mod:`.host`), optionally a real leave-running trial dump
+(:mod:`.trial`), merges the operator's remap rules, and returns a
+:class:`Report` with a verdict and the exact CRIU dump/restore options.
+
+Public API::
+
+    from ctconsole.feasibility import check, Report, Finding
+    report = check(container, dest=None, rules=None, trial=False)
+    report.verdict            # "feasible" | "needs-rules" | "infeasible"
+    report.options["dump"]    # criu_opts dict for ctconsole.criu.client
+    report.to_dict()          # JSON-ready
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ctconsole.feasibility.catalogue import CATALOGUE, Context, HostFacts, describe, run_all
+from ctconsole.feasibility.findings import (
+    AUTO,
+    BLOCKER,
+    FEASIBLE,
+    INFEASIBLE,
+    INFO,
+    NEEDS_RULE,
+    NEEDS_RULES,
+    CriuInfo,
+    Finding,
+    Report,
+    TrialResult,
+    merge_options,
+    verdict_of,
+)
+from ctconsole.model import Container
+
+__all__ = [
+    "AUTO",
+    "BLOCKER",
+    "CATALOGUE",
+    "FEASIBLE",
+    "INFEASIBLE",
+    "INFO",
+    "NEEDS_RULE",
+    "NEEDS_RULES",
+    "CriuInfo",
+    "Finding",
+    "Report",
+    "TrialResult",
+    "check",
+    "describe",
+    "static_findings",
+]
+
+SEVERITY_ORDER = {BLOCKER: 0, NEEDS_RULE: 1, AUTO: 2, INFO: 3}
+
+
+def _flatten(obj: Any, out: list[str]) -> list[str]:
+    """Every string (and dict key) inside compiled rules, to test needs-rule keys against."""
+    if isinstance(obj, str):
+        out.append(obj)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            out.append(str(k))
+            _flatten(v, out)
+    elif isinstance(obj, list | tuple | set):
+        for v in obj:
+            _flatten(v, out)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            _flatten(getattr(obj, f.name), out)
+    return out
+
+
+def _compile_rules(rules: Any, container: Container, dest: str | None) -> Any:
+    """Accept a rules file path, a remap RuleSet or already compiled options."""
+    if rules is None:
+        return None
+    if hasattr(rules, "dump") and hasattr(rules, "restore"):
+        return rules
+    if isinstance(rules, dict) and ("dump" in rules or "restore" in rules):
+        return rules
+    from ctconsole.errors import UsageError
+
+    try:
+        from ctconsole.remap.compile import compile_rules
+    except ImportError as exc:
+        raise UsageError("--rules needs ctconsole.remap, which is not installed") from exc
+    if isinstance(rules, str | Path):
+        from ctconsole.remap.parse import load
+
+        path = Path(rules)
+        if not path.exists():
+            raise UsageError(f"rules file {path} does not exist")
+        rules = load(path)
+    return compile_rules(rules, container, dest)
+
+
+def _part(compiled: Any, name: str) -> dict[str, Any]:
+    val = compiled.get(name, {}) if isinstance(compiled, dict) else getattr(compiled, name, {})
+    return dict(val or {})
+
+
+def static_findings(container: Container, ctx: Context | None = None) -> list[Finding]:
+    """Only the static rules (no CRIU runs): what the benchmark and unit tests time."""
+    return run_all(ctx or Context(container))
+
+
+def _sorted(findings: list[Finding]) -> tuple[Finding, ...]:
+    return tuple(sorted(findings, key=lambda f: (SEVERITY_ORDER.get(f.severity, 9), f.rule, f.subject)))
+
+
+# CRIU error families (ctconsole.criu.errors rule ids) -> the static rules that predict them
+_TRIAL_COVERS = {
+    "unix-external": {"unix-stream-external", "unix-dgram-external"},
+    "unix-stream-external": {"unix-stream-external"},
+    "unix-dgram-external": {"unix-dgram-external"},
+    "unsupported-fd": {"unsupported-fd", "device"},
+    "traced": {"traced", "vfork"},
+    "tty-external-master": {"tty-external-master"},
+    "bind-mount-external": {"bind-mount-external", "fuse-mount"},
+    "mount-fstype": {"mount-fstype", "fuse-mount"},
+    "external-file": {"external-file"},
+}
+
+
+def _reconcile(static: list[Finding], trial: list[Finding]) -> list[Finding]:
+    """A trial error that a pending needs-rule finding already predicts is not a new blocker:
+    the dump failed only because the operator's rule is missing. Anything else stays a
+    blocker (the static rules missed it, and CRIU is the judge)."""
+    pending = {f.rule for f in static if f.severity == NEEDS_RULE and not f.satisfied}
+    out = []
+    for f in trial:
+        fam = f.rule.split(":", 1)[1]
+        if _TRIAL_COVERS.get(fam, {fam}) & pending:
+            f = dataclasses.replace(f, severity=INFO, remedy="Confirms the needs-rule finding: " + f.remedy)
+        out.append(f)
+    return out
+
+
+def check(
+    container: Container,
+    dest: str | None = None,
+    rules: Any = None,
+    trial: bool = False,
+    probe: Any = None,
+    dest_probe: Any = None,
+    hosts: bool = True,
+    use_rpc: bool = True,
+) -> Report:
+    """Check ``container`` for a checkpoint to ``dest`` (``None``/``"local"`` = this host).
+
+    ``rules``: a rules file path, a remap RuleSet or compiled options; rules that
+    provide what a needs-rule finding asks for satisfy it, and their options are
+    merged (they win over ctconsole's own, e.g. tcp_close over tcp_established).
+    ``trial``: also run a real leave-running dump (root only). ``hosts=False``
+    skips the CRIU/kernel probes (pure static check).
+    """
+    from ctconsole.feasibility.host import kernel_tuple, probe_for
+
+    t0 = time.monotonic()
+    same_host = dest in (None, "", "local")
+    src = probe
+    if src is None and hosts:
+        src = probe_for(None)
+    dst = dest_probe if dest_probe is not None else (src if same_host else probe_for(dest))
+    local = os.path.exists(f"/proc/{container.init_pid}") if container.init_pid else False
+    facts = HostFacts()
+    if local:
+        from ctconsole.feasibility.facts import gather
+
+        facts = gather(container)
+    findings: list[Finding] = []
+    criu = CriuInfo()
+    if hosts and src is not None:
+        from ctconsole.feasibility.host import host_checks
+
+        criu, host_findings = host_checks(container, src, dst, facts, same_host)
+        findings.extend(host_findings)
+    ver = criu.version_tuple if criu.version_tuple != (0, 0, 0) else (4, 2, 1)
+    kern = kernel_tuple(criu.kernel or os.uname().release)
+    ctx = Context(container, criu_version=ver, kernel=kern, facts=facts, dest_local=same_host)
+    findings.extend(run_all(ctx))
+
+    # ctconsole's own options: everything the static findings contribute
+    dump: dict[str, Any] = {"pid": container.init_pid}
+    restore: dict[str, Any] = {}
+    if container.has_own("mnt") and container.root_path:
+        restore["root"] = container.root_path
+    for f in findings:
+        merge_options(dump, f.dump)
+        merge_options(restore, f.restore)
+
+    compiled = _compile_rules(rules, container, dest)
+    if compiled is not None:
+        provided = _flatten(_part(compiled, "dump"), [])
+        provided += _flatten(_part(compiled, "restore"), [])
+        provided += _flatten(getattr(compiled, "inherit", []), [])
+        findings = [
+            dataclasses.replace(f, satisfied=True)
+            if f.needs and any(p.startswith(n) for n in f.needs for p in provided)
+            else f
+            for f in findings
+        ]
+        for target, part in ((dump, _part(compiled, "dump")), (restore, _part(compiled, "restore"))):
+            if part.get("tcp_close"):
+                target.pop("tcp_established", None)
+            merge_options(target, part)
+
+    trial_result: TrialResult | None = None
+    if trial:
+        from ctconsole.feasibility.trial import trial_dump, trial_findings
+
+        trial_result = trial_dump(container.init_pid, {k: v for k, v in dump.items() if k != "pid"}, use_rpc)
+        findings.extend(_reconcile(findings, trial_findings(trial_result)))
+
+    return Report(
+        container=container.id or container.name,
+        verdict=verdict_of(findings),
+        findings=_sorted(findings),
+        criu=criu,
+        options={"dump": dump, "restore": restore},
+        dest=dest or "local",
+        trial=trial_result,
+        elapsed=time.monotonic() - t0,
+    )

@@ -1,0 +1,181 @@
+"""Findings, options and the report: the checker's output objects.
+
+Why frozen dataclasses with a ``to_dict``: the CLI prints them, the TUI renders
+them and the migration engine sends the ``options`` to CRIU. None of them may
+recompute anything, so everything they need is in here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+BLOCKER = "blocker"  # nothing ctconsole or a rule can do makes CRIU succeed
+NEEDS_RULE = "needs-rule"  # a decision only the operator can make (remap rule)
+AUTO = "auto"  # ctconsole sets a CRIU option itself
+INFO = "info"  # worth knowing; changes nothing
+
+SEVERITIES = (BLOCKER, NEEDS_RULE, AUTO, INFO)
+
+FEASIBLE = "feasible"
+NEEDS_RULES = "needs-rules"
+INFEASIBLE = "infeasible"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One obstacle (or notable fact) and what removes it.
+
+    ``dump``/``restore`` are CRIU ``criu_opts`` fragments this finding contributes
+    (merged by :func:`merge_options`). ``needs`` lists option-string prefixes a
+    remap rule must provide (e.g. ``socket:[123]`` for an inherit_fd key); once the
+    compiled rules contain one, ``satisfied`` is True and the finding no longer
+    holds the verdict back.
+    """
+
+    rule: str
+    severity: str
+    subject: str
+    message: str
+    remedy: str
+    dump: dict[str, Any] = field(default_factory=dict)
+    restore: dict[str, Any] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+    rule_kind: str = ""  # remap rule kind that satisfies a needs-rule finding (unix, veth, mount...)
+    satisfied: bool = False
+    source: str = "static"  # static, host, trial
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "rule": self.rule,
+            "severity": self.severity,
+            "subject": self.subject,
+            "message": self.message,
+            "remedy": self.remedy,
+        }
+        if self.dump:
+            out["dump"] = self.dump
+        if self.restore:
+            out["restore"] = self.restore
+        if self.rule_kind:
+            out["rule_kind"] = self.rule_kind
+        if self.needs:
+            out["needs"] = list(self.needs)
+            out["satisfied"] = self.satisfied
+        if self.source != "static":
+            out["source"] = self.source
+        return out
+
+
+@dataclass(frozen=True)
+class CriuInfo:
+    """What the probes learned about CRIU and the kernel on one host."""
+
+    version: str = ""
+    version_tuple: tuple[int, int, int] = (0, 0, 0)
+    kernel: str = ""
+    features: dict[str, bool] = field(default_factory=dict)
+    check_ok: bool | None = None
+    lazy_pages_works: bool | None = None
+    dest_version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": self.version, "kernel": self.kernel, "features": dict(self.features)}
+        if self.check_ok is not None:
+            out["check"] = self.check_ok
+        if self.lazy_pages_works is not None:
+            out["lazy_pages_works"] = self.lazy_pages_works
+        if self.dest_version:
+            out["dest_version"] = self.dest_version
+        return out
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Outcome of a real leave-running dump (``--trial``)."""
+
+    ok: bool
+    elapsed: float
+    errors: tuple[str, ...] = ()
+    explanations: tuple[str, ...] = ()
+    log_tail: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Report:
+    """The verdict and everything that justifies it."""
+
+    container: str
+    verdict: str
+    findings: tuple[Finding, ...]
+    criu: CriuInfo
+    options: dict[str, dict[str, Any]]  # {"dump": criu_opts, "restore": criu_opts}
+    dest: str = "local"
+    trial: TrialResult | None = None
+    elapsed: float = 0.0
+
+    @property
+    def dump_options(self) -> dict[str, Any]:
+        return self.options.get("dump", {})
+
+    @property
+    def restore_options(self) -> dict[str, Any]:
+        return self.options.get("restore", {})
+
+    @property
+    def feasible(self) -> bool:
+        return self.verdict == FEASIBLE
+
+    def by_severity(self, severity: str) -> list[Finding]:
+        return [f for f in self.findings if f.severity == severity]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "container": self.container,
+            "dest": self.dest,
+            "verdict": self.verdict,
+            "findings": [f.to_dict() for f in self.findings],
+            "criu": self.criu.to_dict(),
+            "options": {"dump": self.dump_options, "restore": self.restore_options},
+            "elapsed": round(self.elapsed, 4),
+        }
+        if self.trial is not None:
+            out["trial"] = self.trial.to_dict()
+        return out
+
+
+def merge_options(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Merge one criu_opts fragment into another (in place, returned).
+
+    Why these semantics: lists (``external``, ``inherit_fd``...) accumulate
+    without duplicates, ``ghost_limit`` takes the maximum (one limit must fit the
+    largest ghost), booleans are OR-ed and anything else is last-writer-wins.
+    """
+    for key, value in extra.items():
+        old = into.get(key)
+        if isinstance(value, list | tuple):
+            merged = list(old) if isinstance(old, list | tuple) else []
+            for v in value:
+                if v not in merged:
+                    merged.append(v)
+            into[key] = merged
+        elif key == "ghost_limit" and isinstance(old, int):
+            into[key] = max(old, int(value))
+        elif isinstance(value, bool) and isinstance(old, bool):
+            into[key] = old or value
+        else:
+            into[key] = value
+    return into
+
+
+def verdict_of(findings: list[Finding] | tuple[Finding, ...]) -> str:
+    """infeasible if any blocker; needs-rules if an unsatisfied needs-rule; else feasible."""
+    if any(f.severity == BLOCKER for f in findings):
+        return INFEASIBLE
+    if any(f.severity == NEEDS_RULE and not f.satisfied for f in findings):
+        return NEEDS_RULES
+    return FEASIBLE

@@ -1,0 +1,404 @@
+"""CRIU and kernel checks for the source and the destination host.
+
+Why a ``HostProbe`` protocol: today the destination is this host (``local``);
+``netns:NAME`` and ``ssh://`` destinations will answer the same six questions
+through the agent, so the checker never needs to know where the host is.
+``LocalProbe`` uses the RPC client (``ctconsole.criu.client``) when it is
+installed and falls back to the ``criu`` CLI otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ctconsole.config import criu_binary
+from ctconsole.feasibility.catalogue import HostFacts
+from ctconsole.feasibility.findings import BLOCKER, INFO, CriuInfo, Finding
+from ctconsole.model import Container
+
+MIN_CRIU = (4, 2, 0)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    message: str = ""
+
+
+@runtime_checkable
+class HostProbe(Protocol):
+    """What the checker asks a host. Every method must be cheap and side-effect free
+    (apart from scratch files it removes itself)."""
+
+    name: str
+
+    def version(self) -> tuple[tuple[int, int, int], str]: ...
+
+    def kernel(self) -> str: ...
+
+    def features(self) -> dict[str, bool]: ...
+
+    def check(self) -> ProbeResult: ...
+
+    def cpuinfo_dump(self) -> bytes | None: ...
+
+    def cpuinfo_check(self, blob: bytes) -> ProbeResult: ...
+
+    def free_space(self, path: str) -> int: ...
+
+    def path_exists(self, path: str) -> bool: ...
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not m:
+        return (0, 0, 0)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+
+
+def kernel_tuple(release: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def _client() -> Any | None:
+    """The RPC client if the lead's module is installed (it is written in parallel)."""
+    try:
+        from ctconsole.criu.client import CriuClient
+    except ImportError:
+        return None
+    try:
+        return CriuClient()
+    except Exception:
+        return None
+
+
+class LocalProbe:
+    """This host, probed through CRIU RPC (swrk) or, failing that, the CLI."""
+
+    name = "local"
+
+    def __init__(self, use_rpc: bool = True) -> None:
+        self._criu = criu_binary()
+        self._use_rpc = use_rpc
+        self._cache: dict[str, Any] = {}
+
+    def _rpc(self) -> Any | None:
+        if not self._use_rpc:
+            return None
+        if "client" not in self._cache:
+            self._cache["client"] = _client()
+        return self._cache["client"]
+
+    def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self._criu, *args], capture_output=True, text=True, timeout=timeout)
+
+    def version(self) -> tuple[tuple[int, int, int], str]:
+        if "version" in self._cache:
+            return self._cache["version"]
+        out: tuple[tuple[int, int, int], str] = ((0, 0, 0), "")
+        cl = self._rpc()
+        if cl is not None:
+            try:
+                v = cl.version()
+                text = getattr(v, "text", "") or f"{v.major}.{v.minor}.{getattr(v, 'sublevel', 0) or 0}"
+                out = ((int(v.major), int(v.minor), int(getattr(v, "sublevel", 0) or 0)), text)
+            except Exception:
+                out = ((0, 0, 0), "")
+        if out[0] == (0, 0, 0):
+            try:
+                text = self._run("--version", timeout=10).stdout
+                ver = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if "Version" in ln), "")
+                out = (parse_version(ver), ver)
+            except (OSError, subprocess.SubprocessError):
+                out = ((0, 0, 0), "")
+        self._cache["version"] = out
+        return out
+
+    def kernel(self) -> str:
+        return platform.release()
+
+    def features(self) -> dict[str, bool]:
+        if "features" in self._cache:
+            return self._cache["features"]
+        feats: dict[str, bool] | None = None
+        cl = self._rpc()
+        if cl is not None:
+            try:
+                f = cl.feature_check()
+                feats = {"mem_track": bool(f.mem_track), "lazy_pages": bool(f.lazy_pages)}
+                feats["pidfd_store"] = bool(getattr(f, "pidfd_store", False))
+            except Exception:
+                feats = None
+        if feats is None:
+            feats = {}
+            for name, cli in (("mem_track", "mem_dirty_track"), ("lazy_pages", "uffd-noncoop")):
+                try:
+                    feats[name] = self._run("check", "--feature", cli, timeout=30).returncode == 0
+                except (OSError, subprocess.SubprocessError):
+                    feats[name] = False
+        self._cache["features"] = feats
+        return feats
+
+    def check(self) -> ProbeResult:
+        if "check" not in self._cache:
+            self._cache["check"] = self._check()
+        result: ProbeResult = self._cache["check"]
+        return result
+
+    def _check(self) -> ProbeResult:
+        cl = self._rpc()
+        if cl is not None:
+            with tempfile.TemporaryDirectory(prefix="ctconsole-check-") as d:
+                try:
+                    cl.check(Path(d))
+                    return ProbeResult(True, "Looks good.")
+                except Exception as exc:
+                    return ProbeResult(False, str(exc))
+        try:
+            r = self._run("check", timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return ProbeResult(False, str(exc))
+        text = (r.stdout + r.stderr).strip().splitlines()
+        return ProbeResult(r.returncode == 0, text[-1] if text else "")
+
+    def cpuinfo_dump(self) -> bytes | None:
+        with tempfile.TemporaryDirectory(prefix="ctconsole-cpu-") as d:
+            cl = self._rpc()
+            try:
+                if cl is not None:
+                    cl.cpuinfo_dump(Path(d))
+                else:
+                    self._run("cpuinfo", "dump", "-D", d, "-o", "cpuinfo.log", timeout=30)
+                return (Path(d) / "cpuinfo.img").read_bytes()
+            except Exception:
+                return None
+
+    def cpuinfo_check(self, blob: bytes) -> ProbeResult:
+        with tempfile.TemporaryDirectory(prefix="ctconsole-cpu-") as d:
+            (Path(d) / "cpuinfo.img").write_bytes(blob)
+            cl = self._rpc()
+            try:
+                if cl is not None:
+                    cl.cpuinfo_check(Path(d))
+                    return ProbeResult(True)
+                r = self._run("cpuinfo", "check", "-D", d, "-o", "cpuinfo.log", timeout=30)
+                return ProbeResult(r.returncode == 0, (r.stdout + r.stderr).strip())
+            except Exception as exc:
+                return ProbeResult(False, str(exc))
+
+    def free_space(self, path: str) -> int:
+        p = Path(path)
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        return shutil.disk_usage(p).free
+
+    def path_exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+
+_LOCAL: tuple[float, LocalProbe] | None = None
+_LOCAL_TTL = 60.0  # CRIU and kernel do not change between two checks; the UI checks many containers
+
+
+def probe_for(dest: str | None) -> HostProbe:
+    """The probe for a ``--to`` destination. Only ``local`` exists yet.
+
+    The local probe (and what it learned: version, features, `criu check`) is reused
+    for a minute, so checking a list of containers probes CRIU once.
+    """
+    global _LOCAL
+    if dest in (None, "", "local"):
+        now = time.monotonic()
+        if _LOCAL is None or now - _LOCAL[0] > _LOCAL_TTL:
+            _LOCAL = (now, LocalProbe())
+        return _LOCAL[1]
+    from ctconsole.errors import UsageError
+
+    raise UsageError(
+        f"destination {dest!r} is not supported by the checker yet",
+        ["use --to local; netns:NAME and ssh://HOST will plug in a remote HostProbe"],
+    )
+
+
+def images_dir_hint() -> str:
+    """Where images would be written on a host (the state dir), for the free-space check."""
+    from ctconsole.config import state_dir
+
+    return str(state_dir() / "images")
+
+
+def host_checks(
+    container: Container, src: HostProbe, dst: HostProbe, facts: HostFacts, same_host: bool
+) -> tuple[CriuInfo, list[Finding]]:
+    """CRIU version (>= 4.2, destination >= source), features, `criu check`, CPU
+    compatibility, free space for the images and the root filesystem on the destination."""
+    findings: list[Finding] = []
+    ver, text = src.version()
+    kernel = src.kernel()
+    feats = src.features()
+    chk = src.check()
+    if ver == (0, 0, 0):
+        findings.append(
+            Finding(
+                "criu-version",
+                BLOCKER,
+                "host local",
+                "CRIU is not installed or does not answer.",
+                "Install CRIU >= 4.2 (scripts/install-criu).",
+                source="host",
+            )
+        )
+    elif ver < MIN_CRIU:
+        findings.append(
+            Finding(
+                "criu-version",
+                BLOCKER,
+                "host local",
+                f"CRIU {text} is older than 4.2 (ctconsole needs 4.2 on kernels >= 6.16).",
+                "Install CRIU >= 4.2 (scripts/install-criu).",
+                source="host",
+            )
+        )
+    if not chk.ok:
+        findings.append(
+            Finding(
+                "criu-check",
+                BLOCKER,
+                "host local",
+                f"`criu check` fails on this host: {chk.message}",
+                "Fix the kernel/CRIU installation until `criu check` says 'Looks good.'",
+                source="host",
+            )
+        )
+    if not feats.get("mem_track", False):
+        findings.append(
+            Finding(
+                "mem-track",
+                INFO,
+                "host local",
+                "No soft-dirty memory tracking: pre-copy migration (iterative pre-dumps) is impossible; "
+                "migration is a single-shot dump.",
+                "Nothing to do (the downtime includes copying all memory).",
+                source="host",
+            )
+        )
+    lazy_ok: bool | None = None
+    lazy_why = ""
+    if feats.get("lazy_pages"):
+        selftest: Any = None
+        try:
+            from ctconsole.migrate import selftest  # written by the migration engineer
+        except ImportError:
+            selftest = None
+        if selftest is not None and hasattr(selftest, "lazy_pages_works"):
+            try:
+                # never run the (slow) self-test from a check: use its cached verdict only
+                got = selftest.lazy_pages_works(cached_only=True)
+                ok, lazy_why = (got if isinstance(got, tuple) else (got, ""))[:2]
+                lazy_ok = bool(ok)
+                if not ok and "not run" in str(lazy_why):
+                    lazy_ok = None
+            except Exception as exc:
+                lazy_ok, lazy_why = False, str(exc)
+        if lazy_ok is not True:
+            findings.append(
+                Finding(
+                    "lazy-pages",
+                    INFO,
+                    "host local",
+                    "The kernel offers userfaultfd lazy pages, but post-copy "
+                    + (
+                        f"failed its self-test here ({str(lazy_why)[:100]})."
+                        if lazy_ok is False
+                        else "has not been self-tested here (ctconsole doctor --selftest run)."
+                    ),
+                    "ctconsole migrates with a full dump (no post-copy).",
+                    source="host",
+                )
+            )
+    dver, dtext = (ver, text) if same_host else dst.version()
+    if not same_host:
+        if dver < MIN_CRIU:
+            findings.append(
+                Finding(
+                    "criu-version",
+                    BLOCKER,
+                    f"host {dst.name}",
+                    f"CRIU on the destination is {dtext or 'missing'}; ctconsole needs >= 4.2.",
+                    "Install CRIU >= 4.2 on the destination.",
+                    source="host",
+                )
+            )
+        elif dver < ver:
+            findings.append(
+                Finding(
+                    "criu-version",
+                    BLOCKER,
+                    f"host {dst.name}",
+                    f"CRIU on the destination ({dtext}) is older than on the source ({text}); "
+                    "it may not read the images.",
+                    "Upgrade CRIU on the destination to at least the source's version.",
+                    source="host",
+                )
+            )
+        blob = src.cpuinfo_dump()
+        if blob is not None:
+            res = dst.cpuinfo_check(blob)
+            if not res.ok:
+                findings.append(
+                    Finding(
+                        "cpu",
+                        BLOCKER,
+                        f"host {dst.name}",
+                        "The destination CPU lacks features of the source CPU (CRIU cpuinfo check failed).",
+                        "Pick a destination with the same CPU features, or restore with a lower cpu_cap "
+                        "at the risk of the workload using missing instructions.",
+                        source="host",
+                    )
+                )
+    need = max(facts.anon_bytes, 0)
+    if need:
+        where = images_dir_hint()
+        free = dst.free_space(where)
+        if free < need * 1.1 + (16 << 20):
+            findings.append(
+                Finding(
+                    "disk-space",
+                    BLOCKER,
+                    f"host {dst.name}",
+                    f"The images need about {need >> 20} MiB but only {free >> 20} MiB are free at {where}.",
+                    "Free space there or set CTCONSOLE_STATE_DIR to a larger filesystem.",
+                    source="host",
+                )
+            )
+    if container.root_path and not dst.path_exists(container.root_path):
+        findings.append(
+            Finding(
+                "rootfs",
+                BLOCKER,
+                f"host {dst.name}",
+                f"The container's root filesystem {container.root_path} does not exist on the destination.",
+                "Copy or share the root filesystem to the same path on the destination.",
+                source="host",
+            )
+        )
+    info = CriuInfo(
+        version=text,
+        version_tuple=ver,
+        kernel=kernel,
+        features=feats,
+        check_ok=chk.ok,
+        lazy_pages_works=lazy_ok,
+        dest_version="" if same_host else dtext,
+    )
+    return info, findings
