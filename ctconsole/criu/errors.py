@@ -262,6 +262,28 @@ TABLE: tuple[_Entry, ...] = (
         "A file is open on a mount that is now hidden under another mount: not checkpointable.",
     ),
     _e(
+        r"BUG at criu/mem\.c",
+        "mem-track",
+        "CRIU aborted a pre-dump because this kernel has no soft-dirty tracking: pre-copy is "
+        "impossible here; use stop-copy (ctconsole's auto strategy does).",
+    ),
+    _e(
+        r"page-pipe: (?:tee|splice): .*(?:Operation not permitted|Bad file descriptor)",
+        "lazy-pages",
+        "The lazy-pages (post-copy) page server could not move pages on this host; post-copy does "
+        "not work here although FEATURE_CHECK says it does. Use stop-copy.",
+    ),
+    _e(
+        r"Lazy pages transfer FAILED",
+        "lazy-pages",
+        "The post-copy page transfer failed; the source tasks were resumed. Use stop-copy.",
+    ),
+    _e(
+        r"Unable to detach from (?P<pid>\d+): No such process|Can't seize (?P<pid2>\d+)",
+        "process-gone",
+        "The process to dump does not exist (or exited during the dump).",
+    ),
+    _e(
         r"Tracking memory is not available",
         "mem-track",
         "This kernel has no soft-dirty tracking: pre-copy (track_mem / pre-dump) is impossible.",

@@ -181,6 +181,7 @@ def test_dump_of_missing_pid_is_a_clear_error(client: CriuClient, workdir: Path)
     assert err.log_path is not None and err.log_path.exists()
     assert err.log_errors and all("Error (" in ln for ln in err.log_errors)
     assert not any("RLIMIT_NOFILE" in ln for ln in err.log_errors)
+    assert any("does not exist" in e for e in err.explanations), err.explanations
 
 
 def test_rlimit_line_on_success_is_not_an_error(client: CriuClient, workdir: Path) -> None:
@@ -252,6 +253,7 @@ def test_pre_dump_without_dirty_tracking_is_explained(client: CriuClient, workdi
             it.pre_dump({"pid": w.pid}, workdir / "1")
         assert ei.value.request == "PRE_DUMP"
         assert ei.value.log_errors
+        assert any("soft-dirty" in e for e in ei.value.explanations), ei.value.explanations
         w.wait_ticks(3)
         assert w.proc.poll() is None
         assert_continuous(w.ticks())
