@@ -1,0 +1,820 @@
+"""The destination side of a migration: ``ctconsole agent --stdio``.
+
+Why a separate process speaking a tiny protocol: the destination may be
+another machine (reached with the operator's own ssh), a lab network
+namespace, or this host. In every case the agent answers the console's
+requests (proto/agent.proto) and does only destination-side work: a private
+images directory, a CRIU page server, receiving image files, restoring, and
+cleaning up. It never trusts the console blindly:
+
+- every frame is size-limited and must parse as a ``Request``; anything else
+  gets an ``Error`` reply and a log line (and a broken stream ends the session);
+- image file names are plain names (no '/', no '..', a small character set),
+  opened relative to the images directory with O_NOFOLLOW|O_EXCL;
+- restore options are checked against an allow-list of ``criu_opts`` fields
+  (no ``exec_cmd``, no config files, no directory fds from the console);
+- no shell anywhere: probes run as an argv through nsenter;
+- images directories are 0700 and removed after success or rollback;
+- the page server listens only on loopback or on a lab namespace address.
+
+Never-lose rule on this side: a restored tree is kept only after the console
+sends ``commit``. If the console disappears before the restore reply reached
+it, the restored tree is killed (the source is still there); if the reply was
+delivered but no commit came, the tree is left running and a pending record
+is written, because only the console's journal can tell whether the source
+was released (``ctconsole`` resolves it at its next start: journal.recover()).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, cast
+
+from google.protobuf.message import DecodeError
+
+from ctconsole import __version__
+from ctconsole.config import private_dir, run_dir, state_dir
+from ctconsole.errors import CtError
+from ctconsole.migrate.channel import MAX_FRAME, PROTOCOL_VERSION, ChannelError, encode_frame, read_frame, write_all
+from ctconsole.proto import agent_pb2
+
+log = logging.getLogger("ctconsole.agent")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+MIGRATION_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+MAX_FILES = 20000
+#: criu_opts fields a console may set for a restore. Anything that names files,
+#: runs programs or hands over fds of the agent itself is missing on purpose.
+RESTORE_OPTS_ALLOWED = frozenset({
+    "root", "shell_job", "file_locks", "ext_unix_sk", "tcp_established", "tcp_close", "tcp_skip_in_flight",
+    "link_remap", "evasive_devices", "force_irmap", "irmap_scan_paths", "manage_cgroups", "manage_cgroups_mode",
+    "cg_root", "cgroup_props", "cgroup_yard", "cgroup_dump_controller", "freeze_cgroup", "auto_dedup",
+    "external", "veths", "ext_mnt", "auto_ext_mnt", "ext_sharing", "ext_masters", "ghost_limit",
+    "weak_sysctls", "skip_file_rwx_check", "mntns_compat_mode", "orphan_pts_master", "network_lock",
+    "empty_ns", "join_ns", "enable_fs", "skip_mnt", "lsm_profile", "lsm_mount_context", "log_level",
+    "timeout", "rst_sibling", "notify_scripts", "cpu_cap", "display_stats", "unprivileged",
+})
+
+
+class Refused(CtError):
+    """A request the agent will not carry out; becomes an Error reply with ``code``."""
+
+    def __init__(self, code: str, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message, details)
+        self.code = code
+
+
+def check_name(name: str) -> str:
+    """A plain file name inside the images dir, or Refused (path escape attempts included)."""
+    if not NAME_RE.fullmatch(name) or ".." in name:
+        raise Refused("bad-name", f"refusing file name {name!r}: only plain names are accepted")
+    return name
+
+
+def validate_restore_opts(text: str) -> dict[str, Any]:
+    """Parse and check the console's restore options (JSON object of criu_opts fields)."""
+    try:
+        opts = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise Refused("bad-request", f"restore options are not valid JSON: {exc}") from exc
+    if not isinstance(opts, dict):
+        raise Refused("bad-request", "restore options must be a JSON object")
+    bad = sorted(k for k in opts if k not in RESTORE_OPTS_ALLOWED)
+    if bad:
+        raise Refused("bad-request", f"restore option(s) not allowed from the console: {', '.join(bad)}")
+    return opts
+
+
+def veth_host_names(opts: dict[str, Any]) -> list[str]:
+    """Host-side device names CRIU will create for ``veth[IF]:NAME[@BR]`` externals (cleaned on rollback)."""
+    out = []
+    for ext in opts.get("external", []) or []:
+        m = re.match(r"^veth\[[^\]]+\]:([^@]+)(?:@.*)?$", str(ext))
+        if m:
+            out.append(m.group(1))
+    for v in opts.get("veths", []) or []:
+        if isinstance(v, dict) and v.get("if_out"):
+            out.append(str(v["if_out"]))
+    return out
+
+
+def bridges_needed(opts: dict[str, Any]) -> list[str]:
+    out = []
+    for ext in opts.get("external", []) or []:
+        m = re.match(r"^veth\[[^\]]+\]:[^@]+@(.+)$", str(ext))
+        if m:
+            out.append(m.group(1))
+    return out
+
+
+# -- process helpers --------------------------------------------------------------
+def proc_state(pid: int) -> str:
+    """One-letter state of ``pid``, or "" when it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def start_time(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every descendant (children files of every thread), parents first."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for t in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError), open(f"/proc/{p}/task/{t}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+    return out
+
+
+def continue_tree(pid: int, started: int = 0) -> None:
+    """SIGCONT a tree restored with leave_stopped (children first would not matter: all get it)."""
+    if pid <= 1 or (started and start_time(pid) != started):
+        return
+    for p in descendants(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGCONT)
+
+
+def kill_tree(pid: int, started: int = 0, timeout: float = 5.0) -> bool:
+    """SIGKILL a restored tree we created (checked by start time against pid reuse)."""
+    if pid <= 1 or not proc_state(pid):
+        return False
+    if started and start_time(pid) != started:
+        return False
+    pids = descendants(pid)
+    for p in reversed(pids):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc_state(pid) not in ("", "Z"):
+        time.sleep(0.02)
+    return True
+
+
+def global_ipv4() -> list[str]:
+    """Global IPv4 addresses visible in this network namespace (for the page server)."""
+    try:
+        res = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True,
+                             timeout=5, check=False)
+        data = json.loads(res.stdout or "[]")
+    except (OSError, json.JSONDecodeError, subprocess.TimeoutExpired):
+        return []
+    out = []
+    for link in data:
+        for a in link.get("addr_info", []):
+            if a.get("scope") == "global" and a.get("local"):
+                out.append(a["local"])
+    return out
+
+
+def link_exists(name: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{name}")
+
+
+def pending_dir() -> Path:
+    return private_dir(run_dir() / "agent-pending")
+
+
+def images_root() -> Path:
+    """Where received images go (``CTCONSOLE_IMAGES_DIR``, default <state_dir>/images)."""
+    v = os.environ.get("CTCONSOLE_IMAGES_DIR")
+    return private_dir(Path(v) if v else state_dir() / "images")
+
+
+class Agent:
+    """One agent session: serves requests from ``inp`` and answers on ``out`` until EOF or bye."""
+
+    def __init__(self, inp: IO[bytes], out: IO[bytes]) -> None:
+        self.inp = inp
+        self.out = out
+        self.migration_id = ""
+        self.images_dir: Path | None = None
+        self.dir_fd: int | None = None
+        self.open_files: dict[str, tuple[int, int]] = {}  # name -> (fd, size)
+        self.files_done: set[str] = set()
+        self.page_server_pid = 0
+        self.restored_pid = 0
+        self.restored_start = 0
+        self.restore_delivered = False
+        self.committed = False
+        self.created_links: list[str] = []
+        self.keeper_pid = 0
+        self.kept_fds: list[int] = []
+        self.pending_root = 0  # root pid CRIU announced during a restore that has not returned yet
+        self.held = False  # restored stopped; SIGCONT at commit
+        self._ps_stack = contextlib.ExitStack()  # the PAGE_SERVER_CHLD conversation (WAIT_PID later)
+        self._ps_wait: Callable[[float | None], int] | None = None
+        self.lazy_proc: subprocess.Popen[bytes] | None = None
+
+    # -- main loop -----------------------------------------------------------------
+    def serve(self) -> int:
+        try:
+            while True:
+                try:
+                    payload = read_frame(self.inp, MAX_FRAME)
+                except ChannelError as exc:
+                    log.error("broken stream from the console: %s", exc)
+                    self._send(agent_pb2.Reply(id=0, error=agent_pb2.Error(code="too-large", message=str(exc))))
+                    return 2
+                if payload is None:
+                    log.info("console closed the channel")
+                    return 0
+                req = agent_pb2.Request()
+                try:
+                    req.ParseFromString(cast(bytes, payload))  # upb parses any buffer; no extra copy
+                except DecodeError:
+                    log.error("malformed request (%d bytes) ignored", len(payload))
+                    self._send(agent_pb2.Reply(id=0, error=agent_pb2.Error(
+                        code="bad-request", message="malformed request: not an agent Request message")))
+                    continue
+                kind = req.WhichOneof("body")
+                reply = agent_pb2.Reply(id=req.id)
+                try:
+                    if kind is None:
+                        raise Refused("bad-request", "request without a body (unknown message type?)")
+                    handler = getattr(self, f"on_{kind}")
+                    body = handler(getattr(req, kind))
+                    getattr(reply, kind).CopyFrom(body)
+                except Refused as exc:
+                    log.error("refused %s: %s", kind, exc.message)
+                    reply.error.CopyFrom(agent_pb2.Error(code=exc.code, message=exc.message, details=exc.details))
+                except CtError as exc:
+                    log.error("%s failed: %s", kind, exc.message)
+                    code = "criu" if type(exc).__name__ == "CriuError" else "failed"
+                    reply.error.CopyFrom(agent_pb2.Error(code=code, message=exc.message, details=exc.details))
+                except Exception as exc:  # the agent must answer, never die silently
+                    log.exception("internal error in %s", kind)
+                    reply.error.CopyFrom(agent_pb2.Error(code="internal", message=f"{type(exc).__name__}: {exc}"))
+                delivered = self._send(reply)
+                if kind == "restore" and reply.WhichOneof("body") == "restore":
+                    self.restore_delivered = delivered
+                if kind == "bye":
+                    return 0
+        finally:
+            self.finish()
+
+    def _send(self, reply: agent_pb2.Reply) -> bool:
+        try:
+            write_all(self.out.fileno(), encode_frame(reply.SerializeToString()))
+            return True
+        except OSError as exc:
+            log.error("cannot answer the console: %s", exc)
+            return False
+
+    # -- handlers ------------------------------------------------------------------
+    def on_hello(self, msg: agent_pb2.Hello) -> agent_pb2.HelloReply:
+        r = agent_pb2.HelloReply(protocol=PROTOCOL_VERSION, ctconsole_version=__version__,
+                                 kernel=platform.release(), hostname=socket.gethostname(), agent_pid=os.getpid())
+        if msg.protocol != PROTOCOL_VERSION:
+            raise Refused("version", f"protocol {msg.protocol} not supported (agent speaks {PROTOCOL_VERSION})")
+        with contextlib.suppress(OSError):
+            r.boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        r.pidns_inode = os.stat("/proc/self/ns/pid").st_ino
+        r.netns_inode = os.stat("/proc/self/ns/net").st_ino
+        r.addresses.extend(global_ipv4())
+        from ctconsole.criu.client import CriuClient
+
+        client = CriuClient(timeout=30)
+        try:
+            r.criu_version = client.version().text
+            f = client.feature_check()
+            r.mem_track, r.lazy_pages, r.pidfd_store = f.mem_track, f.lazy_pages, f.pidfd_store
+        except CtError as exc:
+            log.error("CRIU unusable here: %s", exc.message)
+        if msg.cpuinfo_img:
+            with tempfile.TemporaryDirectory(prefix="ctconsole-cpu-") as d:
+                Path(d, "cpuinfo.img").write_bytes(msg.cpuinfo_img)
+                try:
+                    client.cpuinfo_check(Path(d))
+                    r.cpuinfo_ok, r.cpuinfo_detail = True, "CPU compatible with the source"
+                except CtError as exc:
+                    r.cpuinfo_ok, r.cpuinfo_detail = False, exc.message
+        else:
+            r.cpuinfo_ok, r.cpuinfo_detail = True, "not checked (no cpuinfo from the source)"
+        from ctconsole.migrate.selftest import cached_result
+
+        cached = cached_result()
+        if cached is not None:
+            r.lazy_selftest_ok, r.lazy_selftest_reason = cached
+        return r
+
+    def on_inventory(self, msg: agent_pb2.InventoryRequest) -> agent_pb2.InventoryReply:
+        try:
+            from ctconsole import inventory
+            from ctconsole.model import to_dict
+
+            items = inventory.scan()
+        except (ImportError, AttributeError) as exc:
+            raise Refused("unsupported", f"inventory is not available on this host: {exc}") from exc
+        return agent_pb2.InventoryReply(json=json.dumps([to_dict(c) for c in items]))
+
+    def on_check(self, msg: agent_pb2.CheckRequest) -> agent_pb2.CheckReply:
+        try:
+            from ctconsole import feasibility, inventory
+            from ctconsole.model import to_dict
+
+            container = inventory.resolve(msg.ref)
+            report = feasibility.check(container)
+        except (ImportError, AttributeError) as exc:
+            raise Refused("unsupported", f"checks are not available on this host: {exc}") from exc
+        data = report.to_dict() if hasattr(report, "to_dict") else to_dict(report)
+        return agent_pb2.CheckReply(verdict=str(getattr(report, "verdict", "")), json=json.dumps(data, default=str))
+
+    def on_preflight(self, msg: agent_pb2.PreflightRequest) -> agent_pb2.PreflightReply:
+        problems = []
+        for br in msg.bridges:
+            if not NAME_RE.fullmatch(br) or not os.path.isdir(f"/sys/class/net/{br}/bridge"):
+                problems.append(f"bridge {br!r} does not exist on the destination")
+        for p in msg.paths:
+            if not os.path.isabs(p) or not os.path.exists(p):
+                problems.append(f"path {p!r} does not exist on the destination")
+        if msg.memory_bytes:
+            free = shutil.disk_usage(images_root()).free
+            if free < msg.memory_bytes * 2:
+                problems.append(f"only {free >> 20} MiB free for about {msg.memory_bytes >> 20} MiB of images")
+        return agent_pb2.PreflightReply(ok=not problems, problems=problems)
+
+    def on_prepare(self, msg: agent_pb2.PrepareRequest) -> agent_pb2.PrepareReply:
+        if not MIGRATION_ID_RE.fullmatch(msg.migration_id):
+            raise Refused("bad-request", f"bad migration id {msg.migration_id!r}")
+        if self.images_dir is not None:
+            raise Refused("state", "this session already prepared a migration")
+        self.migration_id = msg.migration_id
+        d = images_root() / msg.migration_id
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError as exc:
+            raise Refused("state", f"images directory for {msg.migration_id} already exists") from exc
+        os.chmod(d, 0o700)
+        self.images_dir = d
+        self.dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        reply = agent_pb2.PrepareReply(images_dir=str(d))
+        if msg.page_server:
+            addr = msg.page_server_address or (global_ipv4() or ["127.0.0.1"])[0]
+            try:
+                ip = ipaddress.ip_address(addr)
+            except ValueError as exc:
+                raise Refused("bad-request", f"bad page server address {addr!r}") from exc
+            if not ip.is_loopback and addr not in global_ipv4():
+                raise Refused("bad-request", f"{addr} is not an address of this host")
+            if not ip.is_loopback and not _lab_address(ip):
+                raise Refused("bad-request", f"refusing to expose a page server on {addr}: "
+                              "use loopback behind an SSH forward, or a lab address (198.18.0.0/15)")
+            from ctconsole.criu.client import CriuClient
+
+            # PAGE_SERVER_CHLD, not PAGE_SERVER: its pid is real (the daemonised one reports 0 here)
+            # and WAIT_PID tells us when every page is on disk
+            info, self._ps_wait = self._ps_stack.enter_context(
+                CriuClient(timeout=30).page_server_child(d, address=addr, port=0))
+            self.page_server_pid = info.pid
+            reply.page_server_address, reply.page_server_port, reply.page_server_pid = addr, info.port, info.pid
+            log.info("page server pid %d on %s:%d", info.pid, addr, info.port)
+        return reply
+
+    def on_file(self, msg: agent_pb2.FileChunk) -> agent_pb2.FileAck:
+        if self.dir_fd is None:
+            raise Refused("state", "prepare first")
+        name = check_name(msg.name)
+        if name in self.files_done:
+            raise Refused("state", f"{name} was already received")
+        if name not in self.open_files:
+            if len(self.files_done) + len(self.open_files) >= MAX_FILES:
+                raise Refused("too-large", "too many files")
+            if msg.offset != 0:
+                raise Refused("bad-request", f"{name}: first chunk must start at offset 0")
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=self.dir_fd)
+            except FileExistsError as exc:
+                raise Refused("state", f"{name} already exists in the images directory") from exc
+            self.open_files[name] = (fd, 0)
+        fd, size = self.open_files[name]
+        if msg.offset != size:
+            raise Refused("bad-request", f"{name}: chunk at offset {msg.offset}, expected {size}")
+        write_all(fd, msg.data)
+        size += len(msg.data)
+        self.open_files[name] = (fd, size)
+        if msg.last:
+            os.close(fd)
+            del self.open_files[name]
+            self.files_done.add(name)
+        return agent_pb2.FileAck(name=name, size=size)
+
+    def on_restore(self, msg: agent_pb2.RestoreRequest) -> agent_pb2.RestoreReply:
+        if self.images_dir is None:
+            raise Refused("state", "prepare first")
+        if self.restored_pid:
+            raise Refused("state", "already restored")
+        if self.open_files:
+            raise Refused("state", f"files still open: {', '.join(sorted(self.open_files))}")
+        opts = validate_restore_opts(msg.options_json)
+        self._wait_page_server(msg.page_server_wait or 60.0)
+        for name in veth_host_names(opts):
+            if link_exists(name):
+                raise Refused("state", f"network device {name} already exists on the destination")
+        self.created_links = veth_host_names(opts)
+        opts.setdefault("notify_scripts", True)
+        from ctconsole.criu.client import CriuClient
+
+        client = CriuClient(timeout=msg.timeout or 120.0)
+        if msg.lazy:
+            opts["lazy_pages"] = True
+            self._start_lazy_daemon(msg.lazy_address, msg.lazy_port)
+        if msg.hold and not msg.lazy:
+            opts["leave_stopped"] = True  # CRIU SIGSTOPs every task before letting go of it
+            self.held = True
+        inherit = self._open_inherited(list(msg.inherit))
+        t0 = time.monotonic()
+        marks: list[str] = []
+
+        def on_note(n: Any) -> bool:
+            marks.append(f"{n.script}@{(time.monotonic() - t0) * 1000:.0f}ms")
+            if n.pid and not self.pending_root:
+                self.pending_root = int(n.pid)  # killable even if the restore never returns
+            return True
+
+        try:
+            res = client.restore(opts, self.images_dir, on_notify=on_note, inherit_fds=inherit)
+        except CtError as exc:
+            kept = self._keep_log("restore.log")
+            if kept:
+                exc.details = [d for d in exc.details if not d.startswith("full CRIU log:")]
+                exc.details.append(f"full CRIU log (on the destination): {kept}")
+            raise
+        finally:
+            for fd in inherit.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        marks.append(f"done@{(time.monotonic() - t0) * 1000:.0f}ms")
+        log.info("restore timeline: %s", " ".join(marks))
+        self.restored_pid, self.restored_start = res.pid, start_time(res.pid)
+        self.kept_fds = list(res.kept_fds)
+        log.info("restored pid %d in %.3f s (kept fds %s)", res.pid, res.elapsed, self.kept_fds)
+        reply = agent_pb2.RestoreReply(pid=res.pid, elapsed=res.elapsed, lazy=msg.lazy)
+        stats = self.images_dir / "stats-restore"
+        if stats.exists():
+            reply.stats_restore = stats.read_bytes()
+        # the restored tree must be alive, not a zombie that died right after restore
+        time.sleep(0.005 if self.held else 0.05)
+        if proc_state(res.pid) in ("", "Z", "X"):
+            raise CtError(f"the restored tree (pid {res.pid}) exited right after the restore")
+        if msg.probe_argv:
+            reply.probe_output = self._probe(list(msg.probe_argv), msg.probe_timeout or 10.0)
+        if self.kept_fds:
+            reply.console_socket = self._start_keeper()
+        self._write_pending()
+        return reply
+
+    def _start_lazy_daemon(self, address: str, port: int) -> None:
+        """``criu lazy-pages`` (no RPC exists for it): serves the restored tree's page faults."""
+        assert self.images_dir is not None
+        try:
+            ipaddress.ip_address(address)
+        except ValueError as exc:
+            raise Refused("bad-request", f"bad lazy page server address {address!r}") from exc
+        if not 0 < port < 65536:
+            raise Refused("bad-request", f"bad lazy page server port {port}")
+        from ctconsole.config import criu_binary
+
+        self.lazy_proc = subprocess.Popen(
+            [criu_binary(), "lazy-pages", "--page-server", "--address", address, "--port", str(port),
+             "-D", str(self.images_dir), "-o", "lazy-pages.log", "-v4"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True)
+        sock = self.images_dir / "lazy-pages.socket"
+        end = time.monotonic() + 10
+        while not sock.exists():
+            if self.lazy_proc.poll() is not None or time.monotonic() > end:
+                lines = self._log_errors("lazy-pages.log")
+                raise CtError("the lazy-pages daemon did not start", lines)
+            time.sleep(0.01)
+
+    def _log_errors(self, name: str) -> list[str]:
+        if self.images_dir is None:
+            return []
+        try:
+            text = (self.images_dir / name).read_text(errors="replace")
+        except OSError:
+            return []
+        return [ln.strip() for ln in text.splitlines() if "Error (" in ln and "RLIMIT" not in ln][:8]
+
+    def _stop_lazy(self) -> None:
+        if self.lazy_proc is not None and self.lazy_proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.lazy_proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.lazy_proc.wait(timeout=5)
+        self.lazy_proc = None
+
+    def on_commit(self, msg: agent_pb2.CommitRequest) -> agent_pb2.CommitReply:
+        if self.lazy_proc is not None:
+            # post-copy: the tree is only whole once the daemon has pulled every page
+            try:
+                rc = self.lazy_proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                rc = -1
+            errs = self._log_errors("lazy-pages.log")
+            self.lazy_proc = None
+            if rc != 0 or errs:
+                raise CtError(f"the lazy-pages daemon failed (status {rc})", errs)
+            if proc_state(self.restored_pid) in ("", "Z", "X"):
+                raise CtError(f"the restored tree (pid {self.restored_pid}) died while its pages arrived")
+        if msg.migration_id and msg.migration_id != self.migration_id:
+            rec = self._pending_record(msg.migration_id)
+            if not rec:
+                raise Refused("state", f"no pending restore for {msg.migration_id}")
+            if rec.get("held"):
+                continue_tree(int(rec["pid"]), int(rec.get("start", 0)))
+            with contextlib.suppress(OSError):
+                (pending_dir() / f"{msg.migration_id}.json").unlink()
+            return agent_pb2.CommitReply(journal_note=f"pid {rec['pid']} kept (recovered)")
+        if not self.restored_pid:
+            raise Refused("state", "nothing restored to commit")
+        if self.held:
+            continue_tree(self.restored_pid, self.restored_start)
+            self.held = False
+        self.committed = True
+        self._drop_pending()
+        return agent_pb2.CommitReply(journal_note=f"pid {self.restored_pid} kept")
+
+    def on_status(self, msg: agent_pb2.StatusRequest) -> agent_pb2.StatusReply:
+        rec = self._pending_record(msg.migration_id) if msg.migration_id else None
+        pid = int(rec["pid"]) if rec else self.restored_pid
+        started = int(rec.get("start", 0)) if rec else self.restored_start
+        state = proc_state(pid) if pid and (not started or start_time(pid) == started) else ""
+        return agent_pb2.StatusReply(state=state or "gone", pid=pid, running=state not in ("", "Z", "X"))
+
+    def on_abort(self, msg: agent_pb2.AbortRequest) -> agent_pb2.AbortReply:
+        cleaned: list[str] = []
+        if msg.migration_id and msg.migration_id != self.migration_id:
+            # another session's leftovers (recovery after a console crash)
+            if not MIGRATION_ID_RE.fullmatch(msg.migration_id):
+                raise Refused("bad-request", "bad migration id")
+            rec = self._pending_record(msg.migration_id)
+            if rec:
+                if kill_tree(int(rec["pid"]), int(rec.get("start", 0))):
+                    cleaned.append(f"killed restored pid {rec['pid']}")
+                for name in rec.get("links", []):
+                    if _del_link(name):
+                        cleaned.append(f"deleted {name}")
+                if rec.get("keeper"):
+                    kill_tree(int(rec["keeper"]), int(rec.get("keeper_start", 0)))
+                with contextlib.suppress(OSError):
+                    (pending_dir() / f"{msg.migration_id}.json").unlink()
+            d = images_root() / msg.migration_id
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+                cleaned.append(f"removed {d}")
+            return agent_pb2.AbortReply(cleaned=cleaned)
+        cleaned.extend(self.rollback())
+        return agent_pb2.AbortReply(cleaned=cleaned)
+
+    def on_bye(self, msg: agent_pb2.ByeRequest) -> agent_pb2.ByeReply:
+        return agent_pb2.ByeReply()
+
+    # -- helpers -------------------------------------------------------------------
+    def _open_inherited(self, specs: list[agent_pb2.InheritFd]) -> dict[str, int]:
+        return open_inherited([(x.key, x.how, x.path) for x in specs])
+
+    def _keep_log(self, name: str) -> str:
+        """Copy a CRIU log out of the images dir before rollback removes it."""
+        if self.images_dir is None or not (self.images_dir / name).is_file():
+            return ""
+        dest = private_dir(state_dir() / "agent-logs") / f"{self.migration_id}.{name}"
+        try:
+            shutil.copy2(self.images_dir / name, dest)
+        except OSError:
+            return ""
+        return str(dest)
+
+    def _wait_page_server(self, timeout: float) -> None:
+        """The page server exits after the dump closed its connection; wait so every page is on disk."""
+        if self._ps_wait is None:
+            return
+        try:
+            status = self._ps_wait(timeout)
+        except CtError as exc:
+            raise CtError(f"the page server (pid {self.page_server_pid}) did not finish within {timeout:.0f} s",
+                          exc.details) from exc
+        finally:
+            self._ps_wait = None
+            self._ps_stack.close()
+        self.page_server_pid = 0
+        if status != 0:
+            raise CtError(f"the page server failed (wait status {status:#x})", self._log_errors("page-server.log"))
+
+    def _probe(self, argv: list[str], timeout: float) -> str:
+        cmd = ["nsenter", "-t", str(self.restored_pid), "-a", "--", *argv]
+        try:
+            res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                 timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise Refused("probe", f"probe {argv[0]!r} did not finish within {timeout:.0f} s") from exc
+        except OSError as exc:
+            raise Refused("probe", f"cannot run the probe: {exc}") from exc
+        out = (res.stdout + res.stderr).strip()
+        if res.returncode != 0:
+            raise Refused("probe", f"probe {' '.join(argv)!r} failed with status {res.returncode}",
+                          out.splitlines()[-5:])
+        return out[-2000:]
+
+    def _start_keeper(self) -> str:
+        """Hand the PTY master(s) CRIU gave us to a detached keeper that outlives this session."""
+        sock_dir = private_dir(run_dir() / "consoles")
+        path = sock_dir / f"{self.migration_id}.sock"
+        argv = [sys.executable, "-m", "ctconsole.migrate.keeper", "--pid", str(self.restored_pid),
+                "--socket", str(path), *[a for fd in self.kept_fds for a in ("--fd", str(fd))]]
+        for fd in self.kept_fds:
+            os.set_inheritable(fd, True)
+        proc = subprocess.Popen(argv, pass_fds=self.kept_fds, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.keeper_pid = proc.pid
+        end = time.monotonic() + 5
+        while time.monotonic() < end and not path.exists():
+            time.sleep(0.02)
+        for fd in self.kept_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.kept_fds = []
+        return str(path)
+
+    def _pending_record(self, mid: str) -> dict[str, Any] | None:
+        if not MIGRATION_ID_RE.fullmatch(mid):
+            return None
+        try:
+            data = json.loads((pending_dir() / f"{mid}.json").read_text())
+            return data if isinstance(data, dict) else None
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _write_pending(self) -> None:
+        rec = {"pid": self.restored_pid, "start": self.restored_start, "links": self.created_links,
+               "held": self.held,
+               "keeper": self.keeper_pid, "keeper_start": start_time(self.keeper_pid) if self.keeper_pid else 0,
+               "time": time.time()}
+        p = pending_dir() / f"{self.migration_id}.json"
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec))
+        os.replace(tmp, p)
+
+    def _drop_pending(self) -> None:
+        with contextlib.suppress(OSError):
+            (pending_dir() / f"{self.migration_id}.json").unlink()
+
+    def rollback(self) -> list[str]:
+        """Undo everything this session did on the destination."""
+        cleaned = []
+        self._stop_lazy()
+        if self.restored_pid and kill_tree(self.restored_pid, self.restored_start):
+            cleaned.append(f"killed restored pid {self.restored_pid}")
+        if self.pending_root and self.pending_root != self.restored_pid and kill_tree(self.pending_root):
+            cleaned.append(f"killed partly restored pid {self.pending_root}")
+        self.restored_pid = self.pending_root = 0
+        if self.keeper_pid:
+            kill_tree(self.keeper_pid)
+            self.keeper_pid = 0
+        for fd in self.kept_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.kept_fds = []
+        for name in self.created_links:
+            if _del_link(name):
+                cleaned.append(f"deleted {name}")
+        self.created_links = []
+        if self.page_server_pid and proc_state(self.page_server_pid) not in ("", "Z"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.page_server_pid, signal.SIGKILL)
+            cleaned.append(f"stopped page server {self.page_server_pid}")
+        self.page_server_pid = 0
+        self._ps_wait = None
+        with contextlib.suppress(Exception):
+            self._ps_stack.close()  # reaps the page server through its swrk
+        self._drop_pending()
+        self._remove_images()
+        return cleaned
+
+    def _remove_images(self) -> None:
+        for fd, _ in self.open_files.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.open_files.clear()
+        if self.dir_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.dir_fd)
+            self.dir_fd = None
+        if self.images_dir is not None:
+            shutil.rmtree(self.images_dir, ignore_errors=True)
+            self.images_dir = None
+
+    def finish(self) -> None:
+        """End of session: keep a committed tree, resolve an uncommitted one (see module doc)."""
+        if self.committed:
+            with contextlib.suppress(Exception):
+                self._ps_stack.close()
+            self._remove_images()
+            return
+        if self.restored_pid and self.restore_delivered:
+            log.warning("session ended without commit; restored pid %d left pending for recovery",
+                        self.restored_pid)
+            if self.page_server_pid and proc_state(self.page_server_pid) not in ("", "Z"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.page_server_pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                self._ps_stack.close()
+            self._stop_lazy()
+            self._remove_images()
+            return
+        if self.restored_pid:
+            log.warning("session ended before the console learned of the restore; rolling back")
+        self.rollback()
+
+
+def open_inherited(specs: list[tuple[str, str, str]]) -> dict[str, int]:
+    """Open the fds a restore inherits: ``(key, how, path)``; today ``connect-unix`` only.
+
+    Why here: the other end of an external socket (a host daemon) is on the
+    destination, so the destination opens a fresh connection to it and CRIU
+    plugs it in where the container's old socket was.
+    """
+    out: dict[str, int] = {}
+    try:
+        for key, how, path in specs:
+            if not re.fullmatch(r"[A-Za-z0-9_:\[\]./-]{1,200}", key):
+                raise Refused("bad-request", f"bad inherit_fd key {key!r}")
+            if how != "connect-unix":
+                raise Refused("unsupported", f"inherit_fd {key}: cannot provide {how!r}")
+            if not os.path.isabs(path):
+                raise Refused("bad-request", f"inherit_fd {key}: path must be absolute")
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            try:
+                s.connect(path)
+            except OSError as exc:
+                s.close()
+                raise Refused("failed", f"cannot connect to {path} for {key}: {exc}") from exc
+            fd = s.detach()
+            os.set_inheritable(fd, True)
+            out[key] = fd
+    except BaseException:
+        for fd in out.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        raise
+    return out
+
+
+def _lab_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return ip.version == 4 and ip in ipaddress.ip_network("198.18.0.0/15")
+
+
+def _del_link(name: str) -> bool:
+    if not NAME_RE.fullmatch(name) or not link_exists(name):
+        return False
+    res = subprocess.run(["ip", "link", "del", "dev", name], capture_output=True, timeout=10, check=False)
+    return res.returncode == 0
+
+
+def run_stdio() -> int:
+    """Entry point of ``ctconsole agent --stdio``: protocol on fds 0/1, log lines on stderr."""
+    fmt = "%(asctime)s agent[%(process)d] %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt)
+    # a lasting record on this host too: the console's copy of our stderr is temporary
+    with contextlib.suppress(OSError):
+        path = private_dir(state_dir()) / "agent.log"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter(fmt))
+        logging.getLogger().addHandler(handler)
+    # stdout carries frames only: anything else printing there would corrupt the stream
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    with os.fdopen(0, "rb", buffering=0) as inp, os.fdopen(out_fd, "wb", buffering=0) as out:
+        return Agent(inp, out).serve()
