@@ -103,6 +103,8 @@ def _compile(args: argparse.Namespace) -> int:
         print("inherit_fd:")
         for i in out.inherit:
             src = f" {i.path}" if i.path else ""
+            if getattr(i, "mode", ""):  # open-file: how ctconsole opens it, and bits if it creates it
+                src += f" ({i.mode}" + (f", created {i.perm:04o}" if getattr(i, "perm", -1) >= 0 else "") + ")"
             print(f"  - {i.key} <- {i.how}{src} (via {i.via}, line {i.line})")
     if out.setup_ns_actions:
         print("setup-namespaces:")
@@ -117,6 +119,18 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _static_findings(container: Any, dest: str | None) -> list[Any]:
+    """The feasibility check's findings without CRIU runs, so the draft also covers what the
+    inventory does not list (an fd on a foreign mount seen only in /proc). Best effort: a
+    draft without them is still useful, so a failing check only loses those rules."""
+    try:
+        from ctconsole.feasibility import check
+
+        return list(check(container, dest, hosts=False).findings)
+    except Exception:
+        return []
+
+
 def _suggest(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -124,7 +138,7 @@ def _suggest(args: argparse.Namespace) -> int:
     from ctconsole.remap.suggest import suggest
 
     container = _resolve_container(args.container)
-    text = suggest(container, args.to)
+    text = suggest(container, args.to, findings=_static_findings(container, args.to))
     if args.output:
         if Path(args.output).exists():
             raise UsageError(f"{args.output} exists; not overwriting it (edit it, or choose another name)")

@@ -47,6 +47,21 @@ TABLE: tuple[_Entry, ...] = (
         "inherit_fd on restore), or have the runtime pass a pipe instead of a host file.",
     ),
     _e(
+        r"File (?P<path>.*) has bad mode 0?(?P<mode>[0-7]+) \(expect 0?(?P<want>[0-7]+)\)",
+        "file-validation",
+        "On restore the file {path} has mode {mode}, but the process had it open with mode {want}. "
+        "For a 'file' rule's destination (path fd/N) give the file the original's permission bits "
+        "(ctconsole creates a missing destination with them when the compile saw them); otherwise the "
+        "destination's filesystem differs from the source's.",
+    ),
+    _e(
+        r"File (?P<path>.*) has bad size (?P<size>\d+) \(expect (?P<want>\d+)\)",
+        "file-validation",
+        "On restore the file {path} is {size} bytes, but was {want} when dumped; CRIU refuses files that "
+        "changed. For a 'file' rule's destination (path fd/N): only fds opened write-only with O_APPEND "
+        "(logs) skip this check; give other fds a copy of the original file.",
+    ),
+    _e(
         r"Unable to find a master for (?P<pts>\S+)",
         "tty-external-master",
         "A terminal (pts {pts}) inside the container has its master outside it (console relay, "

@@ -38,6 +38,7 @@ from ctconsole.feasibility.findings import (
     Report,
     TrialResult,
     merge_options,
+    satisfies,
     verdict_of,
 )
 from ctconsole.model import Container
@@ -107,6 +108,35 @@ def _compile_rules(rules: Any, container: Container, dest: str | None) -> Any:
 def _part(compiled: Any, name: str) -> dict[str, Any]:
     val = compiled.get(name, {}) if isinstance(compiled, dict) else getattr(compiled, name, {})
     return dict(val or {})
+
+
+def _inherit_keys(compiled: Any) -> list[str]:
+    """The inherit_fd keys compiled rules supply, in any of the shapes ``check`` accepts:
+    ``CompiledOptions.inherit`` (InheritSpec with ``via="inherit_fd"``), its JSON form
+    (``"inherit_fd"`` at the top) or a restore ``inherit_fd`` list of ``{"key": ...}``.
+    Only the keys: free text next to them (paths, why) must not satisfy a need."""
+    items: list[Any] = []
+    if isinstance(compiled, dict):
+        items += list(compiled.get("inherit_fd") or []) + list(compiled.get("inherit") or [])
+    else:
+        items += list(getattr(compiled, "inherit", None) or [])
+    items += list(_part(compiled, "restore").get("inherit_fd") or [])
+    keys: list[str] = []
+    for item in items:
+        key = item.get("key") if isinstance(item, dict) else getattr(item, "key", None)
+        via = item.get("via", "inherit_fd") if isinstance(item, dict) else getattr(item, "via", "inherit_fd")
+        if isinstance(key, str) and via == "inherit_fd":
+            keys.append(key)
+    return keys
+
+
+def provided_by(compiled: Any) -> dict[str, list[str]]:
+    """Every option string compiled rules provide, per side (restore includes inherit_fd keys)."""
+    restore = {k: v for k, v in _part(compiled, "restore").items() if k != "inherit_fd"}
+    return {
+        "dump": _flatten(_part(compiled, "dump"), []),
+        "restore": _flatten(restore, []) + _inherit_keys(compiled),
+    }
 
 
 def static_findings(container: Container, ctx: Context | None = None) -> list[Finding]:
@@ -201,13 +231,9 @@ def check(
 
     compiled = _compile_rules(rules, container, dest)
     if compiled is not None:
-        provided = _flatten(_part(compiled, "dump"), [])
-        provided += _flatten(_part(compiled, "restore"), [])
-        provided += _flatten(getattr(compiled, "inherit", []), [])
+        provided = provided_by(compiled)
         findings = [
-            dataclasses.replace(f, satisfied=True)
-            if f.needs and any(p.startswith(n) for n in f.needs for p in provided)
-            else f
+            dataclasses.replace(f, satisfied=True) if f.needs and satisfies(f.needs, f.needs_on, provided) else f
             for f in findings
         ]
         for target, part in ((dump, _part(compiled, "dump")), (restore, _part(compiled, "restore"))):

@@ -31,7 +31,12 @@ class Finding:
     (merged by :func:`merge_options`). ``needs`` lists option-string prefixes a
     remap rule must provide (e.g. ``socket:[123]`` for an inherit_fd key); once the
     compiled rules contain one, ``satisfied`` is True and the finding no longer
-    holds the verdict back.
+    holds the verdict back. ``needs_on`` says where the rule must provide it:
+    ``""`` anywhere in the compiled options, ``"dump"`` or ``"restore"`` (the
+    restore options or an inherited fd's key) only there. Why: for keys that
+    are spelled the same on both sides (``file[MNT:INO]`` is the dump external
+    *and* the inherit_fd key) the dump half alone is not a remedy, and the dump
+    half is added by the finding itself anyway.
     """
 
     rule: str
@@ -42,6 +47,7 @@ class Finding:
     dump: dict[str, Any] = field(default_factory=dict)
     restore: dict[str, Any] = field(default_factory=dict)
     needs: tuple[str, ...] = ()
+    needs_on: str = ""  # "", "dump" or "restore": which side of the compiled rules must carry a need
     rule_kind: str = ""  # remap rule kind that satisfies a needs-rule finding (unix, veth, mount...)
     satisfied: bool = False
     source: str = "static"  # static, host, trial
@@ -62,6 +68,8 @@ class Finding:
             out["rule_kind"] = self.rule_kind
         if self.needs:
             out["needs"] = list(self.needs)
+            if self.needs_on:
+                out["needs_on"] = self.needs_on
             out["satisfied"] = self.satisfied
         if self.source != "static":
             out["source"] = self.source
@@ -170,6 +178,16 @@ def merge_options(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]
         else:
             into[key] = value
     return into
+
+
+def satisfies(needs: tuple[str, ...], needs_on: str, provided: dict[str, list[str]]) -> bool:
+    """Whether compiled rules provide one of ``needs`` (prefixes) on the side ``needs_on`` asks for.
+
+    ``provided`` maps ``"dump"``/``"restore"`` to every option string of that
+    side (restore includes inherited-fd keys); ``needs_on=""`` accepts either.
+    """
+    sides = (needs_on,) if needs_on else tuple(provided)
+    return any(p.startswith(n) for side in sides for p in provided.get(side, ()) for n in needs)
 
 
 def verdict_of(findings: list[Finding] | tuple[Finding, ...]) -> str:

@@ -284,6 +284,7 @@ def unix_stream_external(ctx: Context) -> Iterator[Finding]:
                 f"hand in a connected socket as inherit_fd socket:[{s.inode}].",
                 dump={"external": [f"unix[{s.inode}]"]},
                 needs=(f"socket:[{s.inode}]",),
+                needs_on="restore",
                 rule_kind="unix",
             )
 
@@ -316,6 +317,7 @@ def unix_dgram_external(ctx: Context) -> Iterator[Finding]:
                 f"Add a 'unix' rule: external unix[{s.inode}] on dump, inherit_fd socket:[{s.inode}] on restore.",
                 dump={"external": [f"unix[{s.inode}]"]},
                 needs=(f"socket:[{s.inode}]",),
+                needs_on="restore",
                 rule_kind="unix",
             )
 
@@ -714,7 +716,7 @@ def external_files(ctx: Context) -> Iterator[Finding]:
     if c.mounts:
         mnt_ids = {m.mount_id for m in c.mounts}
         for f in c.files:
-            ext = f.external is not None and f.external.remedy.startswith("file")
+            ext = f.external is not None and "file[" in f.external.remedy
             if (f.mnt_id and f.mnt_id not in mnt_ids) or ext:
                 items.append((f.path, f.mnt_id, f.inode, f.holders))
     for path, mnt_id, ino, holders in items:
@@ -728,10 +730,12 @@ def external_files(ctx: Context) -> Iterator[Finding]:
             _subject("file", path, holders),
             f"{path} is open from a mount outside the container's mount namespace (mount {mnt_id}), "
             "e.g. inherited from the process that started it.",
-            f"Close or reopen it inside the container (e.g. stdio on a pipe), or declare it external: "
-            f"{key} on dump and inherit_fd {key} on restore.",
+            f"Add a 'file' rule (source = \"{path}\", destination = the file to open on the destination): "
+            f"ctconsole dumps it as external {key} and hands CRIU the destination as inherit_fd {key} on "
+            "restore. Or close/reopen it inside the container (e.g. stdio on a pipe).",
             dump={"external": [key]},
             needs=(key,),
+            needs_on="restore",  # the key is also the dump external: only an inherited fd remedies it
             rule_kind="file",
         )
 

@@ -95,6 +95,12 @@ KINDS: tuple[KindSpec, ...] = (
     KindSpec("tcp", "Established TCP", (
         _f("mode", "keep or close", "keep"),
     ), _SCHEMA["tcp"][2]),
+    KindSpec("file", "fd on a file outside the container", (
+        _f("source", "File's path on the source", "/var/log/app/out.log", False),
+        _f("fd_path", "fd path as the inventory shows it", "/var/log/app/out.log", False),
+        _f("destination", "File to open on the destination", "/var/log/app/out.log"),
+        _f("mode", "append, read, write or readwrite", "append", False),
+    ), _SCHEMA["file"][2] + " (give source or fd_path)"),
 )
 
 

@@ -22,6 +22,7 @@ device ``dev[MAJ/MIN]:NAME``                   ``dev[NAME]:/dev/path``
 lsm    -                                       lsm_profile, lsm_mount_context
 cgroup manage_cgroups_mode                     cg_root, manage_cgroups_mode
 tcp    tcp_established / tcp_close             same
+file   ``file[MNTID:INO]`` (hex, from fdinfo)   inherit_fd ``file[MNTID:INO]`` (destination opened)
 ====== ======================================= ==========================================
 """
 
@@ -31,11 +32,12 @@ import dataclasses
 import fnmatch
 import os
 import random
+import stat
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ctconsole.errors import UsageError
-from ctconsole.model import Container
+from ctconsole.model import Container, FdRef
 from ctconsole.remap import mcs, vf
 from ctconsole.remap.model import Rule, RuleSet, Scope, Selector
 from ctconsole.remap.validate import HostEnv, default_mount_key, parse_majmin, validate_ruleset
@@ -43,6 +45,15 @@ from ctconsole.remap.validate import HostEnv, default_mount_key, parse_majmin, v
 # InheritSpec.how values
 CONNECT_UNIX = "connect-unix"  # connect a SOCK_STREAM to .path, pass it as inherit_fd .key
 KEEP_PTY_MASTER = "keep-pty-master"  # the orphan-pts-master notify carries a new master: keep it
+OPEN_FILE = "open-file"  # open .path with .mode (creating it with .perm), pass it as inherit_fd .key
+#: open(2) flags per ``file`` rule mode. No O_TRUNC: CRIU reopens the fd with the task's own flags and
+#: seeks to the saved offset, so existing content must stay where it is.
+FILE_OPEN_FLAGS = {
+    "append": os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+    "write": os.O_WRONLY | os.O_CREAT,
+    "readwrite": os.O_RDWR | os.O_CREAT,
+    "read": os.O_RDONLY,
+}
 # SetupNsAction.action values
 MOVE_VF = "move-vf"
 
@@ -63,6 +74,10 @@ class InheritSpec:
     via: str = "inherit_fd"
     line: int = 0  # rules-file line of the rule that asked for it
     why: str = ""
+    mode: str = ""  # open-file: append, read, write or readwrite (FILE_OPEN_FLAGS)
+    # open-file: permission bits for a destination ctconsole creates (the original file's, when the
+    # compile saw it; CRIU refuses a file whose bits differ: 'has bad mode'); -1 = 0666 minus umask
+    perm: int = -1
 
 
 @dataclass(frozen=True)
@@ -125,10 +140,12 @@ class CompiledOptions:
 def open_inherit_fds(specs: list[InheritSpec]) -> dict[str, int]:
     """Open the fds the restore needs (``via="inherit_fd"`` specs): key -> fd, for ``client.restore``.
 
-    ``connect-unix``: a SOCK_STREAM connected to ``spec.path``. The caller
-    owns the fds and closes them after RESTORE (CRIU has dup'ed them into the
-    restored tasks by then). On failure every fd opened so far is closed and a
-    CtError names the path, so the migration stops before the restore.
+    ``connect-unix``: a SOCK_STREAM connected to ``spec.path``. ``open-file``:
+    ``spec.path`` opened with ``spec.mode`` (created when missing, except for
+    ``read``, with ``spec.perm``). The caller owns the fds and closes them
+    after RESTORE (CRIU has dup'ed them into the restored tasks by then). On
+    failure every fd opened so far is closed and a CtError names the path, so
+    the migration stops before the restore.
     """
     import socket
 
@@ -138,6 +155,11 @@ def open_inherit_fds(specs: list[InheritSpec]) -> dict[str, int]:
     try:
         for spec in specs:
             if spec.via != "inherit_fd":
+                continue
+            if spec.key in out:
+                continue  # two rules resolved to the same fd: one inherited fd serves both
+            if spec.how == OPEN_FILE:
+                out[spec.key] = _open_file(spec)
                 continue
             if spec.how != CONNECT_UNIX:
                 raise CtError(f"do not know how to open an fd for {spec.key} ({spec.how})")
@@ -154,6 +176,150 @@ def open_inherit_fds(specs: list[InheritSpec]) -> dict[str, int]:
             os.close(fd)
         raise
     return out
+
+
+def _open_file(spec: InheritSpec) -> int:
+    """Open (or create) a ``file`` rule's destination; a file we create gets ``spec.perm``.
+
+    Why create-exclusive first: only a file ctconsole creates may be chmod'ed
+    (an operator's existing file keeps its bits); CRIU compares the bits with
+    the original's on restore, so a fresh file must carry the original's.
+    """
+    from ctconsole.errors import CtError
+
+    mode = spec.mode or "append"
+    if mode not in FILE_OPEN_FLAGS:
+        raise CtError(f"unknown open mode {mode!r} for {spec.key} (rules line {spec.line})")
+    flags = FILE_OPEN_FLAGS[mode] | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        if flags & os.O_CREAT:
+            try:
+                fd = os.open(spec.path, flags | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return os.open(spec.path, flags & ~os.O_CREAT)
+            try:
+                os.fchmod(fd, spec.perm if spec.perm >= 0 else 0o666 & ~_umask())
+            except OSError:
+                os.close(fd)
+                raise
+            return fd
+        return os.open(spec.path, flags)
+    except OSError as exc:
+        raise CtError(f"cannot open {spec.path} ({mode}) for {spec.key} (rules line {spec.line}): "
+                      f"{exc.strerror or exc}") from None
+
+
+def _umask() -> int:
+    """The process umask (os.umask can only be read by setting it)."""
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+@dataclass(frozen=True)
+class FileFd:
+    """A path-backed fd of the container as a ``file`` rule sees it.
+
+    ``dev``, ``flags`` (the open flags of each fd on it) and ``st_mode`` are
+    only known for fds read live from /proc (0 / () / -1 otherwise); the
+    inventory's :class:`OpenFile` gives path, mnt_id and inode.
+    """
+
+    path: str
+    mnt_id: int
+    inode: int
+    dev: int = 0
+    flags: tuple[int, ...] = ()
+    st_mode: int = -1
+    holders: tuple[FdRef, ...] = ()
+    external: bool | None = None  # the inventory's verdict; None = unknown (live fd)
+
+    @property
+    def perm(self) -> int:
+        """Permission bits (-1 when unknown)."""
+        return self.st_mode & 0o7777 if self.st_mode >= 0 else -1
+
+    @property
+    def size_checked(self) -> bool:
+        """Whether CRIU compares the size at restore (files-reg.c should_check_size: regular files
+        except fds opened write-only + O_APPEND); unknown counts as checked."""
+        if self.st_mode >= 0 and not stat.S_ISREG(self.st_mode):
+            return False
+        if not self.flags:
+            return True
+        return any((fl & os.O_ACCMODE) != os.O_WRONLY or not fl & os.O_APPEND for fl in self.flags)
+
+    @property
+    def key(self) -> str:
+        """CRIU's external id for it (files-reg.c: ``file[%x:%lx]``, mnt_id and inode in hex)."""
+        return f"file[{self.mnt_id:x}:{self.inode:x}]"
+
+
+def _mode_of(flags: int) -> str:
+    """The file rule mode that matches an fd's open flags (fdinfo ``flags:``)."""
+    acc = flags & os.O_ACCMODE
+    if acc == os.O_RDONLY:
+        return "read"
+    if acc == os.O_WRONLY:
+        return "append" if flags & os.O_APPEND else "write"
+    return "readwrite"
+
+
+def _is_local(container: Container) -> bool:
+    """Whether the container's processes are this host's (the same pid and name in /proc)."""
+    procs = container.processes or ()
+    if not procs:
+        return bool(container.init_pid) and os.path.exists(f"/proc/{container.init_pid}")
+    p = procs[0]
+    try:
+        with open(f"/proc/{p.pid}/comm") as f:
+            return f.read().strip() == p.name[:15]
+    except OSError:
+        return False
+
+
+def live_file_fds(container: Container) -> list[FileFd]:
+    """Path-backed fds of a container on this host, from /proc (any kind: files, /dev/null...).
+
+    Why besides the inventory: the inventory lists device fds such as an
+    inherited /dev/null as devices (no mnt_id), and does not record open flags
+    or permission bits, which the rule's default mode and a created
+    destination's bits come from.
+    """
+    if not _is_local(container):
+        return []
+    pids = [p.pid for p in container.processes] or [container.init_pid]
+    found: dict[tuple[int, int], FileFd] = {}
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for name in names:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{name}")
+                if not target.startswith("/") or target.startswith(("/memfd:", "/secretmem")):
+                    continue
+                mnt_id, flags = 0, -1
+                with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                    for line in f:
+                        if line.startswith("mnt_id:"):
+                            mnt_id = int(line.split()[1])
+                        elif line.startswith("flags:"):
+                            flags = int(line.split()[1], 8)
+                st = os.stat(f"/proc/{pid}/fd/{name}")
+            except (OSError, ValueError):
+                continue
+            ref = FdRef(pid, int(name))
+            old = found.get((mnt_id, st.st_ino))
+            if old is not None:
+                found[(mnt_id, st.st_ino)] = dataclasses.replace(
+                    old, holders=(*old.holders, ref), flags=(*old.flags, *([flags] if flags >= 0 else [])))
+                continue
+            found[(mnt_id, st.st_ino)] = FileFd(path=target, mnt_id=mnt_id, inode=st.st_ino, dev=st.st_dev,
+                                                flags=(flags,) if flags >= 0 else (), st_mode=st.st_mode,
+                                                holders=(ref,))
+    return list(found.values())
 
 
 def selector_matches(sel: Selector, container: Container, dest: str | None) -> bool:
@@ -220,6 +386,7 @@ class _Compiler:
         self.rng = rng
         self.out = CompiledOptions()
         self.handled: set[str] = set()  # slots of the container's externals covered by a rule
+        self._files: list[FileFd] | None = None
 
     def note(self, rule: Rule, text: str) -> None:
         self.out.notes.append(f"line {rule.line}: {text}")
@@ -359,6 +526,75 @@ class _Compiler:
             opts = self.out.dump if where == "dump" else self.out.restore
             opts.pop("tcp_close" if keep else "tcp_established", None)
             _set(self.out, where, "tcp_established" if keep else "tcp_close", True, r)
+
+    def file(self, r: Rule) -> None:
+        """Every fd on the rule's file becomes ``external file[MNT:INO]`` plus an ``open-file``
+        inherit spec. Why per CRIU key, not per fd: CRIU names the external by mount and inode,
+        so all fds (and processes) sharing that file take the one inherited fd."""
+        source, fd_path, dest, mode = r.get("source"), r.get("fd_path"), r.get("destination"), r.get("mode")
+        source_id: tuple[int, int] | None = None
+        if source:
+            try:
+                st = os.stat(source)
+                source_id = (st.st_dev, st.st_ino)
+            except OSError:
+                pass  # compiled away from the source: match by path only
+        matched = [f for f in self._file_fds() if (fd_path and f.path == fd_path) or (source and (
+            f.path == source or (source_id is not None and f.dev != 0 and (f.dev, f.inode) == source_id)))]
+        what = " or ".join(repr(v) for v in (source, fd_path) if v)
+        if not matched:
+            self.note(r, f"no fd of {self.c.name} is open on {what}; rule unused")
+            return
+        for f in matched:
+            self.handled.add(f"file:{f.path}")
+        by_key: dict[str, list[FileFd]] = {}
+        for f in matched:
+            by_key.setdefault(f.key, []).append(f)
+        for key, fds in by_key.items():
+            if key in {i.key for i in self.out.inherit}:
+                self.note(r, f"{key} is already given by an earlier file rule; this one adds nothing for it")
+                continue
+            modes = sorted({_mode_of(fl) for f in fds for fl in f.flags})
+            if mode:
+                chosen = str(mode)
+            elif not modes:
+                chosen = "append"
+                self.note(r, f"mode append for {key}: the original fd's access mode is unknown here")
+            else:
+                # fds of one file opened differently: CRIU reopens each with its own flags, so the
+                # destination only has to allow them all
+                chosen = modes[0] if len(modes) == 1 else "readwrite"
+                self.note(r, f"mode {chosen} for {key}: from the original fd's flags")
+            seen = [f for f in fds if f.flags or f.st_mode >= 0]  # live: CRIU's own test applies
+            if any(f.size_checked for f in seen) if seen else chosen != "append":
+                self.note(r, f"CRIU reopens {dest} with the task's own flags and offset and, unless the fd is "
+                          "write-only + append, refuses it when its size differs from the original's at dump "
+                          "('has bad size'): give it a copy of the file")
+            if any(f.external is False for f in fds):
+                self.note(r, f"{fds[0].path} is visible in the container; the rule still makes CRIU take it "
+                          f"from {dest} on restore")
+            perm = next((f.perm for f in fds if f.perm >= 0), -1)
+            _append(self.out.dump, "external", key)
+            self.out.inherit.append(InheritSpec(
+                key=key, how=OPEN_FILE, path=str(dest), line=r.line, mode=chosen, perm=perm,
+                why=f"fd on {fds[0].path} (mount {fds[0].mnt_id}) taken from {dest} on restore"))
+
+    def _file_fds(self) -> list[FileFd]:
+        """Inventory files plus live fds (once per compile), one entry per CRIU file key."""
+        if self._files is None:
+            by_key: dict[str, FileFd] = {}
+            for f in self.c.files:
+                if f.deleted:
+                    continue
+                ff = FileFd(path=f.path, mnt_id=f.mnt_id, inode=f.inode, holders=f.holders,
+                            external=f.external is not None)
+                by_key[ff.key] = ff
+            for ff in live_file_fds(self.c):
+                old = by_key.get(ff.key)
+                # live data adds flags, dev and bits; the inventory's external verdict is kept
+                by_key[ff.key] = ff if old is None else dataclasses.replace(ff, external=old.external)
+            self._files = list(by_key.values())
+        return self._files
 
     def _check_iface(self, r: Rule, ifname: Any, kinds: tuple[str, ...]) -> Any:
         self.handled.add(f"interface:{ifname}")

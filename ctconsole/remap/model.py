@@ -67,6 +67,11 @@ RULE_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
         (),
         "established TCP connections: keep (TCP repair) or close",
     ),
+    "file": (
+        ("destination",),
+        ("source", "fd_path", "mode"),
+        "fd on a file the container cannot see (e.g. a host log as stdout) -> a file opened on the destination",
+    ),
 }
 
 #: Accepted spellings of ``manage_cgroups_mode`` (criu_cg_mode enum names).
@@ -75,6 +80,8 @@ TCP_MODES = ("keep", "close")
 #: Fields every rule may carry besides its kind's own: free text shown by the editor.
 COMMON_FIELDS = ("comment",)
 TTY_MODES = ("new-pty",)
+#: How ctconsole opens a ``file`` rule's destination before the restore (see compile.open_inherit_fds).
+FILE_MODES = ("append", "read", "write", "readwrite")
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,8 @@ class Rule:
         """What this rule decides; two rules with the same slot in one scope overlap.
 
         Interface rules are keyed by interface name, mounts by mountpoint,
-        unix rules by peer, devices by source; single-valued kinds (tcp, lsm,
+        unix rules by peer, devices by source, files by the source path (or
+        the fd path when no source is given); single-valued kinds (tcp, lsm,
         cgroup, tty) have one slot each.
         """
         k = self.kind
@@ -137,15 +145,19 @@ class Rule:
             return f"unix:{ident}"
         if k == "device":
             return f"device:{self.get('source')}"
+        if k == "file":
+            return f"file:{self.get('source') or self.get('fd_path')}"
         return k
 
     def describe(self) -> str:
         """Short human label, e.g. ``veth eth0`` or ``mount /srv/data``."""
         ident = {
             "veth": "interface", "netdev": "interface", "mount": "mountpoint",
-            "unix": "peer", "device": "source", "tcp": "mode", "tty": "path",
+            "unix": "peer", "device": "source", "tcp": "mode", "tty": "path", "file": "source",
         }.get(self.kind)
         val = self.get(ident) if ident else None
+        if self.kind == "file" and val is None:
+            val = self.get("fd_path")
         if self.kind == "unix" and val is None and self.get("inode") is not None:
             val = f"inode {self.get('inode')}"
         return f"{self.kind} {val}" if val not in (None, "") else str(self.kind)

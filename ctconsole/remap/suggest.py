@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from collections.abc import Iterable
 from typing import Any
 
-from ctconsole.model import NO_REMEDY, Container, Mount, NetIface, Socket, Tty
+from ctconsole.model import NO_REMEDY, Container, External, Mount, NetIface, OpenFile, Socket, Tty
 from ctconsole.remap.model import RULE_KINDS, Rule, Selector
 from ctconsole.remap.store import render_container, render_rule
 from ctconsole.remap.validate import ifname_problem
@@ -84,6 +85,8 @@ def item_slot(item: Any, kind: str) -> str:
         return f"device:{item.major}:{item.minor}"
     if isinstance(item, Socket) and kind == "unix":
         return f"unix:{item.inode}"
+    if isinstance(item, OpenFile) and kind == "file":
+        return f"file:{item.path}"
     return kind
 
 
@@ -97,6 +100,8 @@ def item_label(item: Any, category: str = "") -> str:
         return f"{item.family} socket {item.inode}" + (f" (peer {item.peer_path})" if item.peer_path else "")
     if isinstance(item, Tty):
         return f"tty {item.path}"
+    if isinstance(item, OpenFile):
+        return f"file {item.path} (mount {item.mnt_id})"
     name = getattr(item, "path", "") or getattr(item, "name", "") or "?"
     return f"{category.rstrip('s') or 'item'} {name}"
 
@@ -120,12 +125,41 @@ def _host_name_for(iface: NetIface) -> str:
     return f"v{iface.name}"[:15]
 
 
-def suggest_rules(container: Container, dest: str | None = None
+_FILE_SUBJECT = re.compile(r"^file (?P<path>/.*?)(?: \(pid \d+ fd \d+(?: \(\+\d+\))?\))?$")
+
+
+def _finding_items(findings: Iterable[Any]) -> list[tuple[str, Any]]:
+    """Extra (category, item) pairs from feasibility findings the inventory has no item for.
+
+    Why: an ``external-file`` finding may come from a live fd the inventory
+    files under devices or not at all (an inherited /dev/null opened before the
+    container's mount namespace existed); it still needs a ``file`` rule. Only
+    unsatisfied needs-rule findings of kind ``file`` are used; the path is the
+    finding's subject (``file PATH (pid N fd M)``) and mnt_id/inode its key.
+    """
+    out: list[tuple[str, Any]] = []
+    for f in findings:
+        if getattr(f, "rule_kind", "") != "file" or getattr(f, "satisfied", False) or not f.needs:
+            continue
+        m = _FILE_SUBJECT.match(getattr(f, "subject", ""))
+        k = re.match(r"^file\[([0-9a-f]+):([0-9a-f]+)\]$", f.needs[0])
+        if not m or not k:
+            continue
+        out.append(("files", OpenFile(path=m.group("path"), mnt_id=int(k.group(1), 16), inode=int(k.group(2), 16),
+                                      external=External(reason=f.message, remedy="rule file"))))
+    return out
+
+
+def suggest_rules(container: Container, dest: str | None = None, findings: Iterable[Any] = ()
                   ) -> list[tuple[Rule, list[str], dict[str, str]]]:
-    """Rules for every external item needing a decision: (rule, why-comment lines, per-key comments)."""
+    """Rules for every external item needing a decision: (rule, why-comment lines, per-key comments).
+
+    ``findings`` (a feasibility report's) add items the inventory does not
+    list, e.g. an fd on a foreign mount seen only live (see :func:`_finding_items`).
+    """
     out: list[tuple[Rule, list[str], dict[str, str]]] = []
     seen: set[str] = set()
-    for category, item in container.externals():
+    for category, item in [*container.externals(), *_finding_items(findings)]:
         kind = rule_kind_for(item, category)
         if kind is None:
             continue
@@ -139,7 +173,7 @@ def suggest_rules(container: Container, dest: str | None = None
             out.append((Rule(kind=kind, fields={}), [*why, "TODO: fill in this rule by hand"], {}))
             continue
         fields, comments, extra = built
-        out.append((Rule(kind=kind, fields=fields), why + extra, comments))
+        out.append((Rule(kind=kind, fields=fields), why + [ln for e in extra for ln in _wrap(e)], comments))
     return out
 
 
@@ -199,6 +233,14 @@ def _build(kind: str, item: Any, c: Container) -> tuple[dict[str, Any], dict[str
             target = "/dev/CHANGE-ME"
         return ({"source": f"{item.major}:{item.minor}", "target": target},
                 {"target": "the device node to use on the destination"}, [])
+    if kind == "file" and isinstance(item, OpenFile):
+        fields = {"source": item.path, "destination": item.path}
+        comments = {"destination": "opened by ctconsole on the destination and handed to CRIU in place of "
+                    "the old fd; GUESS: the same path (for a log: a new file there is fine)"}
+        extra = ["CRIU cannot reopen this fd inside the container ('Can't lookup mount'): it is dumped as "
+                 f"external file[{item.mnt_id:x}:{item.inode:x}] and the restored task gets the destination.",
+                 "mode (append/read/write/readwrite) defaults to the original fd's access mode."]
+        return fields, comments, extra
     if kind == "tcp":
         return {"mode": "keep"}, {"mode": "keep = TCP repair (same IP on the destination); close = reset"}, []
     if kind == "lsm":
@@ -214,10 +256,11 @@ def _build(kind: str, item: Any, c: Container) -> tuple[dict[str, Any], dict[str
     return None
 
 
-def suggest(container: Container, dest: str | None = None, *, now: _dt.datetime | None = None) -> str:
+def suggest(container: Container, dest: str | None = None, *, now: _dt.datetime | None = None,
+            findings: Iterable[Any] = ()) -> str:
     """A complete draft rules file (TOML text) for ``container``, commented for review."""
     now = now or _dt.datetime.now(_dt.UTC)
-    rules = suggest_rules(container, dest)
+    rules = suggest_rules(container, dest, findings)
     head = [
         f"Draft remap rules for {container.name} ({container.runtime}, id {container.id})",
         f"generated by 'ctconsole rules suggest' on {now.strftime('%Y-%m-%d %H:%M UTC')}"

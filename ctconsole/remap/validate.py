@@ -23,6 +23,7 @@ from ctconsole.remap import mcs, vf
 from ctconsole.remap.model import (
     CGROUP_MODES,
     COMMON_FIELDS,
+    FILE_MODES,
     RULE_KINDS,
     TCP_MODES,
     TTY_MODES,
@@ -315,6 +316,33 @@ class _Checker:
         if mode not in TCP_MODES:
             self.add(rule.line_of("mode"), label, f"tcp mode {mode!r}: expected one of {', '.join(TCP_MODES)}")
 
+    def _check_file(self, rule: Rule, label: str) -> None:
+        # source / fd_path name the file as it is on the *source* host: never checked against this host
+        src = self._abs_path(rule, label, "source", must_exist=False)
+        fdp = self._abs_path(rule, label, "fd_path", must_exist=False)
+        if "source" not in rule.fields and "fd_path" not in rule.fields:
+            self.add(rule.line, label, "a file rule needs source (the file's path on the source host) or "
+                     "fd_path (the fd's path as the inventory shows it), to know which fd it applies to")
+        for name, val in (("source", src), ("fd_path", fdp)):
+            if val is not None and val.endswith(" (deleted)"):
+                self.add(rule.line_of(name), label, f"{name} {val!r} names a deleted file: CRIU dumps "
+                         "deleted files itself (ghost files), no file rule is needed")
+        mode = rule.get("mode")
+        if mode is not None and mode not in FILE_MODES:
+            self.add(rule.line_of("mode"), label, f"mode {mode!r}: expected one of {', '.join(FILE_MODES)}")
+        dest = self._abs_path(rule, label, "destination", must_exist=False, required=True)
+        if dest is None or not self.host_checks:
+            return
+        line = rule.line_of("destination")
+        p = Path(dest)
+        if p.is_dir():
+            self.add(line, label, f"destination {dest} is a directory; give the file to open")
+        elif mode == "read" and not p.exists():
+            self.add(line, label, f"destination {dest} does not exist on this host (mode read does not "
+                     "create it)")
+        elif not p.parent.is_dir():
+            self.add(line, label, f"the directory of destination {dest} does not exist on this host")
+
     # ---- scope-level
     def check_scope(self, scope: Scope) -> None:
         if scope.selector is not None and scope.selector.runtime:
@@ -324,6 +352,7 @@ class _Checker:
                          f"{', '.join(KNOWN_RUNTIMES)})")
         seen: dict[str, tuple[int, Rule]] = {}
         keys: dict[str, tuple[int, Rule]] = {}
+        file_paths: dict[str, tuple[int, Rule]] = {}
         for idx, rule in enumerate(scope.rules):
             try:
                 self.check_rule(scope, idx)
@@ -355,6 +384,22 @@ class _Checker:
                         self.add(rule.line_of("key"), rule_label(scope, idx),
                                  f"mount key {key!r} is also used by rule #{j + 1} (line {other.line})")
                     keys.setdefault(key, (idx, rule))
+            if rule.kind == "file":
+                self._file_overlaps(scope, idx, rule, file_paths)
+
+    def _file_overlaps(self, scope: Scope, idx: int, rule: Rule, paths: dict[str, tuple[int, Rule]]) -> None:
+        """Two file rules of one block that can match the same fd (one's source is the other's
+        fd_path): the slot check only sees equal sources, this sees the cross-field case."""
+        own = sorted({v for v in (rule.get("source"), rule.get("fd_path")) if isinstance(v, str)})
+        for path in own:
+            if path in paths:
+                j, other = paths[path]
+                if other.slot() != rule.slot():  # an equal slot was already reported as an overlap
+                    self.add(rule.line, rule_label(scope, idx), f"overlaps rule #{j + 1} (line {other.line}): "
+                             f"both decide the fd on {path} in {scope.describe()}")
+                break
+        for path in own:
+            paths.setdefault(path, (idx, rule))
 
 
 def validate_ruleset(rs: RuleSet, *, host_checks: bool = True, host: HostEnv | None = None) -> list[Problem]:

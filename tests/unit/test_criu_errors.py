@@ -7,6 +7,8 @@ import pytest
 from ctconsole.criu.errors import error_lines, explain, is_harmless, rule_for
 
 LINES = [
+    ("7: Error (criu/files-reg.c:2295): File fd/12 has bad mode 0100600 (expect 0100644)", "file-validation"),
+    ("7: Error (criu/files-reg.c:2175): File fd/12 has bad size 0 (expect 4096)", "file-validation"),
     ("(00.05) Error (criu/files-reg.c:1790): Can't lookup mount=27 for fd=1 path=/lab/out.log", "external-file"),
     ("(00.1) Error (criu/tty.c:2399): tty: Unable to find a master for /4", "tty-external-master"),
     ("Error (criu/mount.c:753): mnt: 121:./proc/meminfo doesn't have a proper root mount", "bind-mount-external"),

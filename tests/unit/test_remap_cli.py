@@ -32,7 +32,7 @@ def test_validate_lists_all_problems_and_never_writes(tmp_path: Path, capsys: py
     assert main(["rules", "validate", str(f)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{f}:9: container[0] (name='web-*') rule #2 (vet): unknown rule kind 'vet' (known: " \
-        "veth, netdev, unix, tty, mount, device, lsm, cgroup, tcp)"
+        "veth, netdev, unix, tty, mount, device, lsm, cgroup, tcp, file)"
     assert any(line.startswith(f"{f}:10:") and "overlaps rule #1" in line for line in out)
     assert any(line.startswith(f"{f}:13:") and "whitespace" in line for line in out)
     assert (f.read_bytes(), f.stat().st_mtime_ns) == before

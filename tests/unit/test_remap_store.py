@@ -217,4 +217,4 @@ def test_editor_facade_round_trip(tmp_path: Path) -> None:
     assert remap.validate_rule({"kind": "veth", "interface": "a b", "host_name": "x"})
     assert remap.validate_rule({"kind": "tcp", "mode": "keep"}) == []
     assert [k.name for k in remap.KINDS] == ["veth", "netdev", "unix", "tty", "mount", "device", "lsm", "cgroup",
-                                           "tcp"]
+                                           "tcp", "file"]

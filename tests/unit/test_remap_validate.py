@@ -61,7 +61,7 @@ def test_ok_file(tmp_path: Path) -> None:
 
 def test_unknown_kind_and_field_and_missing() -> None:
     out = _v(_wrap('kind = "vet"\ninterface = "eth0"\n'))
-    assert out == ["5: unknown rule kind 'vet' (known: veth, netdev, unix, tty, mount, device, lsm, cgroup, tcp)"]
+    assert out == ["5: unknown rule kind 'vet' (known: veth, netdev, unix, tty, mount, device, lsm, cgroup, tcp, file)"]
     out = _v(_wrap('kind = "veth"\ninterface = "eth0"\nbrige = "br0"\n'))
     assert any(o.startswith("7: unknown field 'brige'") for o in out)
     assert any(o.startswith("4: missing field 'host_name'") for o in out)
