@@ -3,6 +3,12 @@
 Why: answers before anything is frozen. Exit 0 = feasible, 1 = needs rules or
 infeasible, 2 = bad usage or unknown REF. ``register`` only declares the
 arguments; the handler imports the inventory and checker when it runs.
+
+``--to netns:NAME`` / ``ssh://...`` asks the destination through the migration
+agent. A destination that cannot be reached is exit 1 with the verdict
+``infeasible`` and a ``destination-unreachable`` finding (the honest answer to
+"can it move there?" is no, and scripts get the reason in the JSON); only a
+*malformed* DEST is bad usage (exit 2).
 """
 
 from __future__ import annotations
@@ -36,10 +42,17 @@ def register(sub: Any) -> None:
         help="check whether a container can be checkpointed (and how)",
         description="Explain every obstacle to checkpointing REF with CRIU before anything is frozen, "
         "and print the CRIU dump and restore options ctconsole would use. Exit status: 0 feasible, "
-        "1 needs rules or infeasible, 2 bad usage or unknown REF.",
+        "1 needs rules or infeasible (an unreachable destination included), 2 bad usage or unknown REF.",
     )
     p.add_argument("ref", metavar="REF", help="container id, name, pid:N or tree:N")
-    p.add_argument("--to", dest="dest", default="local", metavar="DEST", help="destination (default: local)")
+    p.add_argument(
+        "--to",
+        dest="dest",
+        default="local",
+        metavar="DEST",
+        help="destination: local (default), netns:NAME or ssh://[user@]host[:port]; "
+        "a remote one is checked through the migration agent",
+    )
     p.add_argument("--rules", metavar="FILE", help="remap rules file whose rules satisfy needs-rule findings")
     p.add_argument(
         "--trial",
@@ -90,6 +103,20 @@ def render(report: Report, container_name: str = "") -> str:
     if crit.version:
         feats = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in crit.features.items())
         out.extend(_wrap(f"CRIU {crit.version} on kernel {crit.kernel}; {feats}", ""))
+    dst = report.destination
+    if dst is not None:
+        if dst.get("reachable") and dst.get("version") is not None:
+            feats = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in (dst.get("features") or {}).items())
+            host = f" ({dst['hostname']})" if dst.get("hostname") else ""
+            out.extend(
+                _wrap(
+                    f"Destination {dst.get('dest')}{host}: CRIU {dst.get('version') or 'missing'} "
+                    f"on kernel {dst.get('kernel')}; {feats}",
+                    "",
+                )
+            )
+        else:
+            out.extend(_wrap(f"Destination {dst.get('dest')}: UNREACHABLE", ""))
     out.append("")
     out.extend(_wrap(VERDICT_TEXT.get(report.verdict, report.verdict), ""))
     for sev, title in HEADINGS:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ctconsole.errors import CtError
 from ctconsole.feasibility.catalogue import CATALOGUE, Context, HostFacts, describe, run_all
 from ctconsole.feasibility.findings import (
     AUTO,
@@ -130,6 +131,23 @@ def _inherit_keys(compiled: Any) -> list[str]:
     return keys
 
 
+def _inherit_specs(compiled: Any) -> list[tuple[str, str, str, str]]:
+    """``(key, how, path, mode)`` of every fd the destination must open for the restore
+    (``via="inherit_fd"``), from a CompiledOptions or its JSON form: the unix rule's
+    socket and the file rule's file live on the destination and are checked there."""
+    items: list[Any] = []
+    if isinstance(compiled, dict):
+        items += list(compiled.get("inherit_fd") or []) + list(compiled.get("inherit") or [])
+    else:
+        items += list(getattr(compiled, "inherit", None) or [])
+    out = []
+    for item in items:
+        get = item.get if isinstance(item, dict) else (lambda k, d="", _i=item: getattr(_i, k, d))
+        if get("via", "inherit_fd") == "inherit_fd" and isinstance(get("path", ""), str):
+            out.append((str(get("key", "")), str(get("how", "")), str(get("path", "")), str(get("mode", "") or "")))
+    return out
+
+
 def provided_by(compiled: Any) -> dict[str, list[str]]:
     """Every option string compiled rules provide, per side (restore includes inherit_fd keys)."""
     restore = {k: v for k, v in _part(compiled, "restore").items() if k != "inherit_fd"}
@@ -192,16 +210,79 @@ def check(
     provide what a needs-rule finding asks for satisfy it, and their options are
     merged (they win over ctconsole's own, e.g. tcp_close over tcp_established).
     ``trial``: also run a real leave-running dump (root only). ``hosts=False``
-    skips the CRIU/kernel probes (pure static check).
-    """
-    from ctconsole.feasibility.host import kernel_tuple, probe_for
+    skips the CRIU/kernel probes (pure static check), the destination included.
 
-    t0 = time.monotonic()
+    A remote ``dest`` (``netns:NAME``, ``ssh://...``) is asked through its agent
+    (:class:`~ctconsole.feasibility.remote.RemoteProbe`); the resources the rules
+    name (bridges, mount paths, sockets) are looked up there, and the answers
+    land in ``report.destination``. An unreachable destination is a
+    ``destination-unreachable`` blocker, not an exception: the answer to
+    "can it move there?" is no. A malformed ``dest`` raises UsageError.
+    """
+    from ctconsole.feasibility.host import probe_for
+
     same_host = dest in (None, "", "local")
     src = probe
     if src is None and hosts:
         src = probe_for(None)
-    dst = dest_probe if dest_probe is not None else (src if same_host else probe_for(dest))
+    own_dst: Any = None
+    if dest_probe is not None:
+        dst = dest_probe
+    elif same_host:
+        dst = src
+    elif hosts:
+        dst = own_dst = probe_for(dest)  # an agent session: closed below
+    else:
+        dst = None
+    try:
+        return _check(container, dest, rules, trial, src, dst, hosts, use_rpc, same_host)
+    finally:
+        close = getattr(own_dst, "close", None)
+        if callable(close):
+            close()
+
+
+def _unreachable(dest: str, exc: CtError) -> Finding:
+    """The finding for a destination whose agent could not be started or stopped answering."""
+    extra = [d for d in exc.details if d.strip()][-3:]
+    msg = exc.message + (": " + " / ".join(extra) if extra else "")
+    if dest.startswith("netns:"):
+        remedy = "Check that the network namespace exists (ip netns list) and that ctconsole runs in it."
+    else:
+        remedy = (
+            "Check ssh access (keys, known_hosts, CTCONSOLE_SSH_OPTS) and that CTCONSOLE_REMOTE_CMD "
+            "(default: ctconsole) runs there."
+        )
+    return Finding(
+        "destination-unreachable",
+        BLOCKER,
+        f"destination:{dest}",
+        f"destination unreachable: {msg}",
+        remedy,
+        source="host",
+    )
+
+
+def _check(
+    container: Container,
+    dest: str | None,
+    rules: Any,
+    trial: bool,
+    src: Any,
+    dst: Any,
+    hosts: bool,
+    use_rpc: bool,
+    same_host: bool,
+) -> Report:
+    from ctconsole.feasibility.host import dest_subject, destination_needs, kernel_tuple, resource_checks
+
+    t0 = time.monotonic()
+    unreachable: Finding | None = None
+    if hosts and not same_host and dst is not None and callable(getattr(dst, "connect", None)):
+        try:
+            dst.connect()
+        except CtError as exc:
+            unreachable = _unreachable(str(dest), exc)
     local = os.path.exists(f"/proc/{container.init_pid}") if container.init_pid else False
     facts = HostFacts()
     if local:
@@ -213,7 +294,13 @@ def check(
     if hosts and src is not None:
         from ctconsole.feasibility.host import host_checks
 
-        criu, host_findings = host_checks(container, src, dst, facts, same_host)
+        try:
+            criu, host_findings = host_checks(container, src, None if unreachable else dst, facts, same_host)
+        except CtError as exc:  # the destination's agent died half-way: the source's answers stay
+            if same_host:
+                raise
+            unreachable = _unreachable(str(dest), exc)
+            criu, host_findings = host_checks(container, src, None, facts, same_host)
         findings.extend(host_findings)
     ver = criu.version_tuple if criu.version_tuple != (0, 0, 0) else (4, 2, 1)
     kern = kernel_tuple(criu.kernel or os.uname().release)
@@ -240,6 +327,23 @@ def check(
             if part.get("tcp_close"):
                 target.pop("tcp_established", None)
             merge_options(target, part)
+        if hosts and dst is not None and unreachable is None:
+            needs = destination_needs(_part(compiled, "restore"), _inherit_specs(compiled))
+            try:
+                findings.extend(resource_checks(needs, dst, dest_subject(dst, same_host)))
+            except CtError as exc:
+                if same_host:
+                    raise
+                unreachable = _unreachable(str(dest), exc)
+    if unreachable is not None:
+        findings.append(unreachable)
+    destination: dict[str, Any] | None = None
+    if hosts and not same_host:
+        summary = getattr(dst, "summary", None)
+        destination = summary() if callable(summary) else {"dest": dest, "reachable": unreachable is None}
+        if unreachable is not None:
+            destination["reachable"] = False
+            destination["error"] = unreachable.message.removeprefix("destination unreachable: ")
 
     trial_result: TrialResult | None = None
     if trial:
@@ -256,5 +360,6 @@ def check(
         options={"dump": dump, "restore": restore},
         dest=dest or "local",
         trial=trial_result,
+        destination=destination,
         elapsed=time.monotonic() - t0,
     )

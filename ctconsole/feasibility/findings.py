@@ -108,6 +108,8 @@ class TrialResult:
     errors: tuple[str, ...] = ()
     explanations: tuple[str, ...] = ()
     log_tail: tuple[str, ...] = ()
+    #: the root task's parent-death signal as CRIU dumped it (0: none); /proc does not show it
+    pdeath_sig: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,6 +127,9 @@ class Report:
     dest: str = "local"
     trial: TrialResult | None = None
     elapsed: float = 0.0
+    #: a remote destination's answers (``RemoteProbe.summary()``): dest, reachable, version, kernel,
+    #: hostname, features, checks (criu_check, cpuinfo, images, paths, links); error when unreachable
+    destination: dict[str, Any] | None = None
 
     @property
     def dump_options(self) -> dict[str, Any]:
@@ -153,6 +158,8 @@ class Report:
         }
         if self.trial is not None:
             out["trial"] = self.trial.to_dict()
+        if self.destination is not None:
+            out["destination"] = self.destination
         return out
 
 

@@ -1,10 +1,16 @@
 """CRIU and kernel checks for the source and the destination host.
 
-Why a ``HostProbe`` protocol: today the destination is this host (``local``);
-``netns:NAME`` and ``ssh://`` destinations will answer the same six questions
-through the agent, so the checker never needs to know where the host is.
-``LocalProbe`` uses the RPC client (``ctconsole.criu.client``) when it is
-installed and falls back to the ``criu`` CLI otherwise.
+Why a ``HostProbe`` protocol: the destination is this host (``local``) or a
+``netns:NAME`` / ``ssh://`` host answering the same questions through the
+migration agent (:class:`ctconsole.feasibility.remote.RemoteProbe`), so the
+checker never needs to know where the host is. ``LocalProbe`` uses the RPC
+client (``ctconsole.criu.client``) when it is installed and falls back to the
+``criu`` CLI otherwise.
+
+Optional extras a probe may have (both probes here do): ``path_kind(path)``
+and ``link_kind(name)`` for the resources the remap rules name on the
+destination (:func:`resource_checks`), ``images_dir()`` for where the images
+would go, ``lookup(paths, links)`` to ask for many at once.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ctconsole.config import criu_binary
 from ctconsole.feasibility.catalogue import HostFacts
-from ctconsole.feasibility.findings import BLOCKER, INFO, CriuInfo, Finding
+from ctconsole.feasibility.findings import BLOCKER, INFO, NEEDS_RULE, CriuInfo, Finding
 from ctconsole.model import Container
 
 MIN_CRIU = (4, 2, 0)
@@ -205,16 +211,31 @@ class LocalProbe:
     def path_exists(self, path: str) -> bool:
         return os.path.exists(path)
 
+    def path_kind(self, path: str) -> str:
+        from ctconsole.migrate.hostprobe import path_kind
+
+        return path_kind(path)
+
+    def link_kind(self, name: str) -> str:
+        from ctconsole.migrate.hostprobe import link_kind
+
+        return link_kind(name)
+
+    def images_dir(self) -> str:
+        return images_dir_hint()
+
 
 _LOCAL: tuple[float, LocalProbe] | None = None
 _LOCAL_TTL = 60.0  # CRIU and kernel do not change between two checks; the UI checks many containers
 
 
 def probe_for(dest: str | None) -> HostProbe:
-    """The probe for a ``--to`` destination. Only ``local`` exists yet.
+    """The probe for a ``--to`` destination: ``local`` or a :class:`RemoteProbe` over the agent.
 
     The local probe (and what it learned: version, features, `criu check`) is reused
-    for a minute, so checking a list of containers probes CRIU once.
+    for a minute, so checking a list of containers probes CRIU once. A remote probe
+    is new for every call and owns an agent session: the caller must ``close()`` it.
+    A malformed DEST raises UsageError (exit 2); an unreachable one only fails on use.
     """
     global _LOCAL
     if dest in (None, "", "local"):
@@ -222,12 +243,9 @@ def probe_for(dest: str | None) -> HostProbe:
         if _LOCAL is None or now - _LOCAL[0] > _LOCAL_TTL:
             _LOCAL = (now, LocalProbe())
         return _LOCAL[1]
-    from ctconsole.errors import UsageError
+    from ctconsole.feasibility.remote import RemoteProbe
 
-    raise UsageError(
-        f"destination {dest!r} is not supported by the checker yet",
-        ["use --to local; netns:NAME and ssh://HOST will plug in a remote HostProbe"],
-    )
+    return RemoteProbe(dest)
 
 
 def images_dir_hint() -> str:
@@ -237,12 +255,25 @@ def images_dir_hint() -> str:
     return str(state_dir() / "images")
 
 
+def dest_subject(dst: HostProbe | None, same_host: bool) -> str:
+    """Subject of a finding about the destination: ``host local`` for this host,
+    ``destination:netns:NAME`` / ``destination:ssh://...`` for a remote one (so the
+    operator sees at once *where* the problem is)."""
+    if same_host or dst is None:
+        return "host local"
+    return f"destination:{dst.name}"
+
+
 def host_checks(
-    container: Container, src: HostProbe, dst: HostProbe, facts: HostFacts, same_host: bool
+    container: Container, src: HostProbe, dst: HostProbe | None, facts: HostFacts, same_host: bool
 ) -> tuple[CriuInfo, list[Finding]]:
     """CRIU version (>= 4.2, destination >= source), features, `criu check`, CPU
-    compatibility, free space for the images and the root filesystem on the destination."""
+    compatibility, free space for the images and the root filesystem on the destination.
+
+    ``dst=None``: the destination could not be reached; only the source is checked
+    (the caller reports the unreachable destination itself)."""
     findings: list[Finding] = []
+    where_dst = dest_subject(dst, same_host)
     ver, text = src.version()
     kernel = src.kernel()
     feats = src.features()
@@ -326,14 +357,30 @@ def host_checks(
                     source="host",
                 )
             )
+    if dst is None:
+        return CriuInfo(
+            version=text, version_tuple=ver, kernel=kernel, features=feats, check_ok=chk.ok, lazy_pages_works=lazy_ok
+        ), findings
     dver, dtext = (ver, text) if same_host else dst.version()
     if not same_host:
+        dchk = dst.check()
+        if not dchk.ok:
+            findings.append(
+                Finding(
+                    "criu-check",
+                    BLOCKER,
+                    where_dst,
+                    f"`criu check` fails on the destination: {dchk.message}",
+                    "Fix the kernel/CRIU installation there until `criu check` says 'Looks good.'",
+                    source="host",
+                )
+            )
         if dver < MIN_CRIU:
             findings.append(
                 Finding(
                     "criu-version",
                     BLOCKER,
-                    f"host {dst.name}",
+                    where_dst,
                     f"CRIU on the destination is {dtext or 'missing'}; ctconsole needs >= 4.2.",
                     "Install CRIU >= 4.2 on the destination.",
                     source="host",
@@ -344,7 +391,7 @@ def host_checks(
                 Finding(
                     "criu-version",
                     BLOCKER,
-                    f"host {dst.name}",
+                    where_dst,
                     f"CRIU on the destination ({dtext}) is older than on the source ({text}); "
                     "it may not read the images.",
                     "Upgrade CRIU on the destination to at least the source's version.",
@@ -359,8 +406,9 @@ def host_checks(
                     Finding(
                         "cpu",
                         BLOCKER,
-                        f"host {dst.name}",
-                        "The destination CPU lacks features of the source CPU (CRIU cpuinfo check failed).",
+                        where_dst,
+                        "The destination CPU lacks features of the source CPU (CRIU cpuinfo check failed)"
+                        + (f": {res.message[:200]}" if res.message else "."),
                         "Pick a destination with the same CPU features, or restore with a lower cpu_cap "
                         "at the risk of the workload using missing instructions.",
                         source="host",
@@ -368,14 +416,15 @@ def host_checks(
                 )
     need = max(facts.anon_bytes, 0)
     if need:
-        where = images_dir_hint()
+        images_dir = getattr(dst, "images_dir", None)
+        where = images_dir() if callable(images_dir) else images_dir_hint()
         free = dst.free_space(where)
         if free < need * 1.1 + (16 << 20):
             findings.append(
                 Finding(
                     "disk-space",
                     BLOCKER,
-                    f"host {dst.name}",
+                    where_dst,
                     f"The images need about {need >> 20} MiB but only {free >> 20} MiB are free at {where}.",
                     "Free space there or set CTCONSOLE_STATE_DIR to a larger filesystem.",
                     source="host",
@@ -386,7 +435,7 @@ def host_checks(
             Finding(
                 "rootfs",
                 BLOCKER,
-                f"host {dst.name}",
+                where_dst,
                 f"The container's root filesystem {container.root_path} does not exist on the destination.",
                 "Copy or share the root filesystem to the same path on the destination.",
                 source="host",
@@ -402,3 +451,105 @@ def host_checks(
         dest_version="" if same_host else dtext,
     )
     return info, findings
+
+
+# -- resources the remap rules name on the destination ---------------------------------
+_VETH_BR = re.compile(r"^veth\[[^\]]+\]:[^@]+@(?P<br>.+)$")
+_MNT = re.compile(r"^mnt\[[^\]]*\]:(?P<path>/.*)$")
+_NETDEV = re.compile(r"^(?P<kind>netdev|macvlan)\[[^\]]+\]:(?P<dev>.+)$")
+_DEV = re.compile(r"^dev\[[^\]]+\]:(?P<path>/.*)$")
+
+
+@dataclass(frozen=True)
+class DestNeed:
+    """One thing a restore option needs on the destination: ``kind`` bridge, link, path, socket or dir."""
+
+    kind: str
+    name: str
+    why: str  # the option that needs it (``veth[eth0]:h0@br0``, ``inherit_fd socket:[12]``)
+
+
+def destination_needs(restore: dict[str, Any], inherit: list[tuple[str, str, str, str]]) -> list[DestNeed]:
+    """What the compiled restore options need to exist on the destination.
+
+    ``restore``: criu_opts for the restore (its ``external`` list); ``inherit``:
+    ``(key, how, path, mode)`` of the fds the destination opens. Why these:
+    CRIU attaches a ``veth[IF]:X@BR`` host end to BR, bind-mounts the PATH of
+    ``mnt[KEY]:PATH``, moves/uses the device of ``netdev[]``/``macvlan[]``, and
+    the agent connects to a ``unix`` rule's socket / opens a ``file`` rule's file
+    before the restore; each fails the restore when it is missing there.
+    """
+    out: list[DestNeed] = []
+    for ext in restore.get("external", []) or []:
+        ext = str(ext)
+        if m := _VETH_BR.match(ext):
+            out.append(DestNeed("bridge", m.group("br"), ext))
+        elif m := _MNT.match(ext):
+            out.append(DestNeed("path", m.group("path"), ext))
+        elif m := _NETDEV.match(ext):
+            out.append(DestNeed("link", m.group("dev"), ext))
+        elif m := _DEV.match(ext):
+            out.append(DestNeed("path", m.group("path"), ext))
+    for key, how, path, mode in inherit:
+        if not path.startswith("/"):
+            continue
+        if how == "connect-unix":
+            out.append(DestNeed("socket", path, f"inherit_fd {key}"))
+        elif how == "open-file":
+            # a file the agent creates needs its directory; one it only reads must exist
+            target = path if mode == "read" else (os.path.dirname(path) or "/")
+            out.append(DestNeed("path" if mode == "read" else "dir", target, f"inherit_fd {key}"))
+    return list(dict.fromkeys(out))
+
+
+_KIND_TEXT = {"bridge": "bridge", "link": "network device", "path": "path", "socket": "UNIX socket", "dir": "directory"}
+
+
+def resource_checks(needs: list[DestNeed], dst: HostProbe, subject: str) -> list[Finding]:
+    """``needs-rule`` findings for every need the destination cannot meet.
+
+    Why needs-rule and not blocker: the rule as written cannot work there,
+    but the operator's decision fixes it (create the bridge / path on the
+    destination, or name one that exists). A probe without ``path_kind`` /
+    ``link_kind`` falls back to ``path_exists`` (and skips links).
+    """
+    path_kind = getattr(dst, "path_kind", None)
+    link_kind = getattr(dst, "link_kind", None)
+    lookup = getattr(dst, "lookup", None)
+    if callable(lookup):  # one round trip for all of them
+        lookup(
+            [n.name for n in needs if n.kind in ("path", "socket", "dir")],
+            [n.name for n in needs if n.kind in ("bridge", "link")],
+        )
+    findings: list[Finding] = []
+    for need in needs:
+        what = _KIND_TEXT[need.kind]
+        problem = ""
+        if need.kind in ("bridge", "link"):
+            if not callable(link_kind):
+                continue
+            got = link_kind(need.name)
+            if not got:
+                problem = f"{what} {need.name} does not exist on the destination"
+            elif need.kind == "bridge" and got != "bridge":
+                problem = f"{need.name} exists on the destination but is not a bridge"
+        else:
+            got = path_kind(need.name) if callable(path_kind) else ("file" if dst.path_exists(need.name) else "")
+            if not got:
+                problem = f"{what} {need.name} does not exist on the destination"
+            elif need.kind == "socket" and callable(path_kind) and got != "socket":
+                problem = f"{need.name} on the destination is a {got}, not a UNIX socket"
+            elif need.kind == "dir" and got != "dir":
+                problem = f"{need.name} on the destination is a {got}, not a directory"
+        if problem:
+            findings.append(
+                Finding(
+                    f"dest-{need.kind}",
+                    NEEDS_RULE,
+                    subject,
+                    f"{problem} (needed by {need.why}).",
+                    f"Create {need.name} on the destination, or change the rule to name one that exists there.",
+                    source="host",
+                )
+            )
+    return findings

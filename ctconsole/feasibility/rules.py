@@ -615,6 +615,27 @@ def special_fds(ctx: Context) -> Iterator[Finding]:
         )
 
 
+@rule("external-pipe", AUTO, "Pipes whose other end is outside the container (runtime stdio)")
+def external_pipes(ctx: Context) -> Iterator[Finding]:
+    """CRIU dumps the container's end of a pipe, but on restore it can only rebuild the pipe
+    from the tree: the peer a runtime held outside (containerd-shim, conmon) is gone, so
+    stdout hits a pipe without readers (SIGPIPE) and stdin reads EOF. runc passes new pipes
+    as ``inherit_fd pipe:[INO]`` (descriptors.json); ctconsole migrate does the same and
+    its restore parent keeps the other ends (migrate/pipes.py, migrate/keeper.py)."""
+    for f in ctx.container.fds:
+        if f.kind != "pipe" or f.external is None:
+            continue
+        yield Finding(
+            "external-pipe",
+            AUTO,
+            _subject("pipe", f.target, f.holders),
+            f"{f.target} is shared with {f.external.holder or 'a process'} outside the container; a plain "
+            "restore would leave the container's end without its peer.",
+            f"ctconsole migrate re-creates it: a new pipe on the destination passed as inherit_fd {f.target}; "
+            "the restore parent logs what the container writes to it (or holds it open for reading).",
+        )
+
+
 @rule("notify-fd", INFO, "inotify / fanotify watches")
 def notify_fds(ctx: Context) -> Iterator[Finding]:
     """Watches are re-added by path; pending events are dropped, and watches on unlinked

@@ -10,6 +10,8 @@ operator sentences by :mod:`ctconsole.criu.errors`.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -20,7 +22,7 @@ from typing import Any
 
 from ctconsole.config import criu_binary
 from ctconsole.criu.errors import error_lines, explain, rule_for
-from ctconsole.feasibility.findings import BLOCKER, Finding, TrialResult
+from ctconsole.feasibility.findings import AUTO, BLOCKER, Finding, TrialResult
 
 # criu_opts booleans -> CLI flags (for the CLI fallback, tests and the benchmark)
 _BOOL_FLAGS = {
@@ -145,17 +147,47 @@ def trial_dump(pid: int, dump_opts: dict[str, Any], use_rpc: bool = True) -> Tri
                 client = CriuClient()
             except Exception:
                 client = None
-        if client is not None:
-            return _dump_rpc(client, opts, images)
-        return _dump_cli(opts, images)
+        res = _dump_rpc(client, opts, images) if client is not None else _dump_cli(opts, images)
+        if res.ok:
+            from ctconsole.criu.images import ImageError, root_pdeath_sig
+
+            with contextlib.suppress(ImageError):
+                res = dataclasses.replace(res, pdeath_sig=root_pdeath_sig(images))
+        return res
     finally:
         shutil.rmtree(images, ignore_errors=True)
 
 
 def trial_findings(result: TrialResult) -> list[Finding]:
-    """A failed trial becomes blocker findings, one per explained CRIU error."""
+    """A failed trial becomes blocker findings, one per explained CRIU error.
+
+    A successful one can still tell what /proc cannot: the root's parent-death
+    signal (LXC sets SIGKILL on the container init). CRIU restores it, so a
+    root whose parent exits right after the restore (a detached ``criu
+    restore -d``, the swrk worker) is killed at once; ctconsole restores
+    through a keeper that stays the root's parent (migrate/keeper.py).
+    """
     if result.ok:
-        return []
+        if not result.pdeath_sig:
+            return []
+        import signal
+
+        try:
+            name = signal.Signals(result.pdeath_sig).name
+        except ValueError:
+            name = f"signal {result.pdeath_sig}"
+        return [
+            Finding(
+                "trial:pdeath-sig",
+                AUTO,
+                "container init",
+                f"The init has a parent-death signal ({name}, PR_SET_PDEATHSIG); CRIU restores it, so the "
+                "init dies as soon as the process that restored it exits.",
+                "ctconsole restores with rst_sibling through a keeper that stays the init's parent and reaps "
+                "it (`ctconsole keepers`); a manual `criu restore -d` would kill it.",
+                source="trial",
+            )
+        ]
     out: list[Finding] = []
     for ln in result.errors:
         rid = rule_for(ln)

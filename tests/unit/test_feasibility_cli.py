@@ -10,8 +10,11 @@ import pytest
 from ctconsole import cli
 from ctconsole.errors import NotFound
 from ctconsole.feasibility import Finding, _reconcile
+from ctconsole.feasibility import host as _host
 from ctconsole.model import Container, Process, Socket
 from tests.unit.test_feasibility_rules import FakeProbe, proc, unix
+
+_REAL_PROBE_FOR = _host.probe_for  # captured at import, before the autouse fixture replaces it
 
 
 def _container(ref: str) -> Container:
@@ -56,23 +59,31 @@ def test_unknown_ref_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["check", "missing"]) == 2
 
 
-def test_unknown_dest_exit_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malformed_dest_exit_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DEST that is not local / netns:NAME / ssh://... is bad usage (an unreachable one is exit 1)."""
     from ctconsole.feasibility import host
 
-    monkeypatch.setattr(
-        host, "probe_for", host.probe_for.__wrapped__ if hasattr(host.probe_for, "__wrapped__") else _real_probe_for
-    )
-    assert cli.main(["check", "plain", "--to", "ssh://elsewhere"]) == 2
+    monkeypatch.setattr(host, "probe_for", _REAL_PROBE_FOR)
+    assert cli.main(["check", "plain", "--to", "ftp://elsewhere"]) == 2
+    assert "unknown destination" in capsys.readouterr().err
 
 
-def _real_probe_for(dest: str | None) -> Any:
-    from ctconsole.feasibility.host import LocalProbe
+def test_human_output_names_the_destination(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ctconsole.feasibility import host
 
-    if dest in (None, "", "local"):
-        return LocalProbe()
-    from ctconsole.errors import UsageError
+    class Remote(FakeProbe):
+        name = "netns:lab"
 
-    raise UsageError(f"destination {dest!r} is not supported by the checker yet")
+        def summary(self) -> dict[str, Any]:
+            return {"dest": "netns:lab", "reachable": True, "version": "4.2.1", "kernel": "6.18.0",
+                    "hostname": "lab", "features": {"mem_track": False}, "checks": {}}
+
+    monkeypatch.setattr(host, "probe_for", lambda dest: Remote() if dest and dest != "local" else FakeProbe())
+    rc, out = run(capsys, "plain", "--to", "netns:lab")
+    assert rc == 0
+    assert "Destination netns:lab (lab): CRIU 4.2.1 on kernel 6.18.0; mem_track=no" in out
 
 
 def test_trial_error_predicted_by_needs_rule_is_not_a_blocker() -> None:

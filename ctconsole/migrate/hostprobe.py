@@ -1,0 +1,120 @@
+"""The agent's answer to ``host_probe``: the destination half of ``ctconsole check --to DEST``.
+
+Why a separate module: the checker asks a destination the same questions
+it asks this host (``criu check``, CPU compatibility, free space for the
+images, do the paths and bridges the rules name exist), and the agent must
+answer them without trusting the console. Everything here is read-only:
+CRIU's CHECK and CPUINFO_CHECK run in a scratch directory that is removed
+again, paths are only ``stat``-ed, links only looked up in ``/sys/class/net``;
+nothing is created, no shell, no program named by the console.
+
+Input is validated strictly (and refused as a whole when something is off):
+at most :data:`MAX_ITEMS` paths and links, paths absolute, at most 4096
+bytes, without NUL; link names follow the kernel's ``dev_valid_name``;
+a cpuinfo image is at most :data:`MAX_CPUINFO` bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+from ctconsole.config import state_dir
+from ctconsole.errors import CtError
+from ctconsole.proto import agent_pb2
+
+MAX_ITEMS = 64
+MAX_PATH = 4096
+MAX_CPUINFO = 64 << 10
+#: kernel dev_valid_name: 1..15 bytes, no '/', ':' or whitespace, not '.' / '..'
+LINK_RE = re.compile(r"^[A-Za-z0-9_@+=.,%#-]{1,15}$")
+
+
+class BadProbe(ValueError):
+    """The console's request is malformed; the agent answers ``bad-request``."""
+
+
+def images_root_path() -> Path:
+    """Where this agent would put images (same rule as ``agent.images_root``), *without* creating it."""
+    v = os.environ.get("CTCONSOLE_IMAGES_DIR")
+    return Path(v) if v else state_dir() / "images"
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds (or would hold) ``path``."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def path_kind(path: str) -> str:
+    """What ``path`` is (following symlinks, like CRIU and connect() will): "" when missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    mode = st.st_mode
+    for test, name in ((stat.S_ISDIR, "dir"), (stat.S_ISREG, "file"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "char"), (stat.S_ISBLK, "block"), (stat.S_ISFIFO, "fifo")):
+        if test(mode):
+            return name
+    return "other"
+
+
+def link_kind(name: str) -> str:
+    """``bridge``, ``link`` or "" (missing) for a network interface in this network namespace."""
+    base = Path("/sys/class/net") / name
+    if not base.exists():
+        return ""
+    return "bridge" if (base / "bridge").is_dir() else "link"
+
+
+def validate(msg: agent_pb2.HostProbeRequest) -> None:
+    """Refuse the whole request on anything a well-behaved console never sends."""
+    if len(msg.paths) > MAX_ITEMS or len(msg.links) > MAX_ITEMS:
+        raise BadProbe(f"at most {MAX_ITEMS} paths and {MAX_ITEMS} links per request")
+    if len(msg.cpuinfo_img) > MAX_CPUINFO:
+        raise BadProbe(f"cpuinfo image larger than {MAX_CPUINFO} bytes")
+    for p in msg.paths:
+        if not p.startswith("/") or "\0" in p or len(p.encode()) > MAX_PATH:
+            raise BadProbe(f"refusing path {p[:80]!r}: absolute paths of at most {MAX_PATH} bytes only")
+    for n in msg.links:
+        if not LINK_RE.fullmatch(n) or n in (".", ".."):
+            raise BadProbe(f"refusing interface name {n[:40]!r}")
+
+
+def answer(msg: agent_pb2.HostProbeRequest) -> agent_pb2.HostProbeReply:
+    """Run what ``msg`` asks for and describe this host (raises :class:`BadProbe` on bad input)."""
+    validate(msg)
+    r = agent_pb2.HostProbeReply()
+    if msg.criu_check or msg.cpuinfo_img:
+        from ctconsole.criu.client import CriuClient
+
+        client = CriuClient(timeout=60)
+        if msg.criu_check:
+            with tempfile.TemporaryDirectory(prefix="ctconsole-check-") as d:
+                try:
+                    client.check(Path(d))
+                    r.criu_check_ok, r.criu_check_detail = True, "Looks good."
+                except CtError as exc:
+                    r.criu_check_ok = False
+                    r.criu_check_detail = "; ".join([exc.message, *exc.details[:3]])[:1000]
+        if msg.cpuinfo_img:
+            with tempfile.TemporaryDirectory(prefix="ctconsole-cpu-") as d:
+                Path(d, "cpuinfo.img").write_bytes(msg.cpuinfo_img)
+                try:
+                    client.cpuinfo_check(Path(d))
+                    r.cpuinfo_ok, r.cpuinfo_detail = True, "CPU compatible with the source"
+                except CtError as exc:
+                    r.cpuinfo_ok, r.cpuinfo_detail = False, exc.message[:1000]
+    if msg.images_space:
+        where = images_root_path()
+        r.images_dir, r.images_free = str(where), free_bytes(where)
+    r.paths.extend(agent_pb2.PathInfo(path=p, kind=path_kind(p)) for p in msg.paths)
+    r.links.extend(agent_pb2.LinkInfo(name=n, kind=link_kind(n)) for n in msg.links)
+    return r
