@@ -1,0 +1,271 @@
+"""Hosts & containers: the table the operator starts from.
+
+Why it polls this way: the scan runs in a thread worker and the next one is
+armed only when the previous one finished (success or failure), so scans
+never overlap and input is never blocked; rows are updated by key inside
+``batch_update`` so the cursor and scroll position survive each refresh.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
+from textual.worker import get_current_worker
+
+from ctconsole.model import Container
+from ctconsole.ui import keymap
+from ctconsole.ui.messages import ContainersLoaded, ScanFailed
+from ctconsole.ui.screens.base import BaseScreen
+from ctconsole.ui.widgets.render import plain, verdict_badge
+
+COLUMNS = (
+    ("runtime", "Runtime", 11),
+    ("name", "Name", 14),
+    ("pid", "Init PID", 8),
+    ("procs", "Procs", 5),
+    ("ext", "Ext", 3),
+    ("check", "Check", 11),
+)
+
+
+class ContainersScreen(BaseScreen):
+    SCOPE = "containers"
+    BINDINGS = keymap.bindings(SCOPE)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.host = ""
+        self.containers: dict[str, Container] = {}
+        self.filter_text = ""
+        self._timer: Timer | None = None
+        self._last_error = ""
+        self._stale = False
+        self.scans = 0
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="containers-body"):
+            if len(self.console.hosts) > 1:
+                yield OptionList(*self.console.hosts, id="hosts")
+            with Vertical(id="containers-main"):
+                yield Input(placeholder="filter: name, runtime or id (esc clears)", id="filter")
+                table: DataTable[object] = DataTable(id="containers", cursor_type="row", zebra_stripes=True)
+                for key, label, width in COLUMNS:
+                    table.add_column(label, key=key, width=width)
+                yield table
+                yield Static("scanning…", id="containers-status", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.host = self.console.hosts[0]
+        self.sub_title = f"host {self.host}"
+        self.query_one("#filter", Input).display = False
+        self.query_one("#containers", DataTable).focus()
+        self.scan()
+
+    # --------------------------------------------------------------- polling
+    @work(thread=True, exclusive=True, exit_on_error=False, group="scan")
+    def scan(self) -> None:
+        """Scan the current host in a thread; the result arrives as a message."""
+        host = self.host
+        worker = get_current_worker()
+        try:
+            found = self.backend.list_containers(host)
+        except Exception as exc:  # shown once, poll continues
+            if not worker.is_cancelled:
+                self.post_message(ScanFailed(host, exc))
+            return
+        if not worker.is_cancelled:
+            self.post_message(ContainersLoaded(host, found))
+
+    def _rearm(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        interval = self.console.refresh_interval
+        self._timer = self.set_timer(interval, self.scan) if interval > 0 else None
+
+    def on_containers_loaded(self, message: ContainersLoaded) -> None:
+        if message.host != self.host:
+            return  # a scan of the previous host finished after a switch
+        self.scans += 1
+        self._last_error = ""
+        fresh = {c.id: c for c in message.containers}
+        changed = fresh != self.containers
+        self.containers = fresh
+        if self.is_current and (changed or self._stale or self.scans == 1):
+            self.sync_table()
+        elif changed:
+            self._stale = True  # painted when the operator comes back (on_screen_resume)
+        if self.scans == 1:
+            self.call_after_refresh(self.console.settle_gc)
+        self._rearm()
+
+    def on_scan_failed(self, message: ScanFailed) -> None:
+        text = str(message.error)
+        if text != self._last_error:  # the same failure every 2 s is noise
+            self._last_error = text
+            self.console.show_error(message.error, title=f"Scanning {message.host}")
+        self.query_one("#containers-status", Static).update(f"scan of {message.host} failed: {text}")
+        self._rearm()
+
+    def on_screen_resume(self) -> None:
+        if self.containers:
+            self.sync_table()  # new scans, or badges changed (a check ran on another screen)
+
+    # ------------------------------------------------------------------ table
+    def visible_containers(self) -> list[Container]:
+        f = self.filter_text.lower()
+        rows = [
+            c
+            for c in self.containers.values()
+            if not f or f in c.name.lower() or f in c.runtime.lower() or f in c.id.lower()
+        ]
+        return sorted(rows, key=lambda c: (c.name, c.id))
+
+    def _cells(self, c: Container) -> dict[str, object]:
+        reports = self.console.reports
+        n_ext = len(c.externals())
+        return {
+            "runtime": plain(c.runtime),
+            "name": plain(c.name),
+            "pid": plain(c.init_pid),
+            "procs": plain(len(c.processes)),
+            "ext": Text(str(n_ext), style="bold" if n_ext else "dim"),
+            "check": verdict_badge(self.app, reports.get(c.id)),
+        }
+
+    def sync_table(self) -> None:
+        """Bring the table to the visible containers, touching only rows that changed."""
+        self._stale = False
+        table = self.query_one("#containers", DataTable)
+        wanted = self.visible_containers()
+        wanted_keys = [c.id for c in wanted]
+        current = [rk.value for rk in table.rows]
+        with self.app.batch_update():
+            if current != wanted_keys[: len(current)] or len(current) > len(wanted_keys):
+                # order or membership changed: rebuild (rare; keeps sorting simple)
+                selected = self.selected_id()
+                table.clear()
+                for c in wanted:
+                    table.add_row(*self._cells(c).values(), key=c.id)
+                if selected in wanted_keys:
+                    table.move_cursor(row=wanted_keys.index(selected))
+            else:
+                for c in wanted[: len(current)]:
+                    row = table.get_row(c.id)
+                    for (col, value), old in zip(self._cells(c).items(), row, strict=True):
+                        if value != old:
+                            table.update_cell(c.id, col, value)
+                for c in wanted[len(current) :]:
+                    table.add_row(*self._cells(c).values(), key=c.id)
+        n_ext = sum(1 for c in self.containers.values() if c.externals())
+        shown = f"{len(wanted)} of {len(self.containers)}" if self.filter_text else str(len(wanted))
+        status = f"{shown} containers on {self.host} · {n_ext} with external items"
+        if not self.containers:
+            status = f"no containers found on {self.host} (rescanning every {self.console.refresh_interval:g} s)"
+        if self.filter_text:
+            status += f" · filter “{self.filter_text}”"
+        self.query_one("#containers-status", Static).update(status)
+
+    def selected_id(self) -> str | None:
+        table = self.query_one("#containers", DataTable)
+        if table.row_count == 0:
+            return None
+        try:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        except Exception:
+            return None
+        return str(key.value) if key.value is not None else None
+
+    def selected(self) -> Container | None:
+        cid = self.selected_id()
+        if cid is None:
+            self.notify("no container selected", severity="warning", markup=False)
+            return None
+        return self.containers.get(cid)
+
+    # ---------------------------------------------------------------- events
+    @on(DataTable.RowSelected, "#containers")
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open_detail()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self.sync_table()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        self.query_one("#containers", DataTable).focus()
+
+    @on(OptionList.OptionHighlighted, "#hosts")
+    def _host_chosen(self, event: OptionList.OptionHighlighted) -> None:
+        host = self.console.hosts[event.option_index]
+        if host != self.host:
+            self.switch_host(host)
+
+    def switch_host(self, host: str) -> None:
+        self.host = host
+        self.sub_title = f"host {host}"
+        self.containers = {}
+        self.query_one("#containers", DataTable).clear()
+        self.query_one("#containers-status", Static).update(f"scanning {host}…")
+        self.scan()
+
+    # --------------------------------------------------------------- actions
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.display = False
+        self.filter_text = ""
+        self.sync_table()
+        self.query_one("#containers", DataTable).focus()
+
+    def action_refresh(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self.query_one("#containers-status", Static).update(f"scanning {self.host}…")
+        self.scan()
+
+    def action_next_host(self) -> None:
+        hosts = self.console.hosts
+        host = hosts[(hosts.index(self.host) + 1) % len(hosts)]
+        if len(hosts) > 1:
+            self.query_one("#hosts", OptionList).highlighted = hosts.index(host)
+        self.switch_host(host)
+
+    def action_open_detail(self) -> None:
+        from ctconsole.ui.screens.detail import DetailScreen
+
+        if c := self.selected():
+            self.app.push_screen(DetailScreen(c, self.host))
+
+    def action_check(self) -> None:
+        from ctconsole.ui.screens.report import ReportScreen
+
+        if c := self.selected():
+            self.app.push_screen(ReportScreen(c))
+
+    def action_rules(self) -> None:
+        from ctconsole.ui.screens.rules import RulesScreen
+
+        if c := self.selected():
+            self.app.push_screen(RulesScreen(c))
+
+    def action_migrate(self) -> None:
+        from ctconsole.ui.screens.migrate import MigrateScreen
+
+        if c := self.selected():
+            self.app.push_screen(MigrateScreen(c))
+
+    def action_quit(self) -> None:
+        self.app.exit(0)

@@ -1,0 +1,175 @@
+"""Feasibility report: findings by severity, each with its remedy, and the options CRIU will get.
+
+Why the options are on this screen: the operator decides on a migration by
+what will actually be sent to CRIU, so the compiled dump/restore options are
+shown verbatim beside the findings; ``f`` opens the rules editor pre-filled
+for the selected finding's rule kind.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import DataTable, Footer, Header, Static
+from textual.worker import Worker
+
+from ctconsole.model import Container
+from ctconsole.ui import keymap
+from ctconsole.ui.backend import Finding, Report
+from ctconsole.ui.messages import ReportReady
+from ctconsole.ui.screens.base import BaseScreen
+from ctconsole.ui.widgets.render import plain, severity_text, theme_color, verdict_badge
+
+VERDICT_TEXT = {
+    "ok": "CRIU can checkpoint this container as it is.",
+    "needs-rules": "CRIU can checkpoint it once the errors below have rules.",
+    "blocked": "Something here cannot be checkpointed: see the blockers.",
+}
+
+
+def prefill_for(f: Finding) -> dict[str, str]:
+    """Form values guessed from a finding's subject, so the operator only fills the rest."""
+    subj = f.subject
+    kind = f.rule_kind
+    if kind == "unix-socket":
+        m = re.search(r"\b(\d{3,})\b", subj)
+        path = subj.split("->")[-1].strip() if "->" in subj else ""
+        return {"inode": m.group(1) if m else "", "path": path}
+    if kind == "mount":
+        key = subj.strip("/").split("/")[-1] if subj else ""
+        return {"mountpoint": subj, "key": key}
+    if kind in ("tty", "device", "file"):
+        return {"path": subj, "key": subj.strip("/").split("/")[-1] if kind != "tty" else "console"}
+    if kind == "veth":
+        return {"inside": subj}
+    if kind == "tcp":
+        return {"mode": "established"}
+    return {}
+
+
+class ReportScreen(BaseScreen):
+    SCOPE = "report"
+    BINDINGS = keymap.bindings(SCOPE)
+
+    def __init__(self, container: Container, report: Report | None = None) -> None:
+        super().__init__()
+        self.container = container
+        self.report = report
+        self.rows: dict[str, Finding] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("checking…", id="verdict", markup=False)
+        findings: DataTable[object] = DataTable(id="findings", cursor_type="row")
+        findings.add_column("Severity", key="sev", width=9)
+        findings.add_column("Rule", key="rule", width=20)
+        findings.add_column("Subject", key="subject")
+        yield findings
+        yield Static(id="finding-detail", classes="why-panel", markup=False)
+        with VerticalScroll(id="options-box"):
+            yield Static(id="options", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = f"Feasibility: {self.container.name}"
+        self.query_one("#options-box").border_title = "CRIU options that will be used"
+        self.query_one("#findings", DataTable).focus()
+        if self.report is not None:
+            self.show(self.report)
+        else:
+            self.run_check()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="check")
+    def run_check(self) -> None:
+        self.post_message(ReportReady(self.backend.check(self.container.id)))
+
+    def worker_failed(self, worker: Worker[object], error: BaseException) -> None:
+        self.query_one("#verdict", Static).update(Text(f"check failed: {error}", style="bold"))
+        self.console.show_error(error, title="Feasibility check")
+
+    def on_report_ready(self, message: ReportReady) -> None:
+        self.show(message.report)
+
+    def show(self, report: Report) -> None:
+        self.report = report
+        self.console.reports[report.container_id] = report
+        counts = {sev: len(fs) for sev, fs in report.grouped()}
+        head = Text()
+        head.append("Verdict: ")
+        head.append_text(verdict_badge(self.app, report))
+        head.append("  " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        head.append("\n" + VERDICT_TEXT.get(report.verdict, report.raw_verdict), style="dim")
+        self.query_one("#verdict", Static).update(head)
+        table = self.query_one("#findings", DataTable)
+        table.clear()
+        self.rows = {}
+        n = 0
+        for sev, items in report.grouped():
+            table.add_row("", Text(f"{sev.upper()} ({len(items)})", style="bold underline"), "", key=f"group:{sev}")
+            for f in items:
+                key = f"f{n}"
+                n += 1
+                self.rows[key] = f
+                table.add_row(severity_text(self.app, f.severity), plain(f.rule), plain(f.subject), key=key)
+        if table.row_count > 1:
+            table.move_cursor(row=1)
+        opts = Text()
+        for line in report.options.lines():
+            phase, _, rest = line.partition(": ")
+            opts.append(f"{phase:<8}", style=f"bold {theme_color(self.app, 'primary')}")
+            opts.append(rest + "\n")
+        self.query_one("#options", Static).update(opts)
+
+    def selected(self) -> Finding | None:
+        table = self.query_one("#findings", DataTable)
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.rows.get(str(key))
+
+    @on(DataTable.RowHighlighted, "#findings")
+    def _highlight(self, event: DataTable.RowHighlighted) -> None:
+        f = self.rows.get(str(event.row_key.value))
+        panel = self.query_one("#finding-detail", Static)
+        if f is None:
+            panel.update(Text("a group of findings; select one to see its remedy", style="dim"))
+            return
+        t = Text()
+        t.append(f"{f.subject}: ", style="bold")
+        t.append(f.message)
+        t.append("\nremedy: ", style=f"bold {theme_color(self.app, 'primary')}")
+        t.append(f.remedy or "nothing to do")
+        if f.rule_kind:
+            t.append(f"   (f: add a {f.rule_kind} rule)", style="dim")
+        panel.update(t)
+
+    @on(DataTable.RowSelected, "#findings")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        self.action_fix()
+
+    def action_fix(self) -> None:
+        from ctconsole.ui.screens.rules import RulesScreen
+
+        f = self.selected()
+        if f is None or not f.rule_kind:
+            self.notify("no rule kind fixes this finding", severity="warning", timeout=3, markup=False)
+            return
+        self.app.push_screen(RulesScreen(self.container, prefill=(f.rule_kind, prefill_for(f))))
+
+    def action_recheck(self) -> None:
+        self.query_one("#verdict", Static).update("checking…")
+        self.run_check()
+
+    def on_screen_resume(self) -> None:
+        # rules may have changed in the editor: the verdict shown must match them
+        if self.report is not None:
+            self.action_recheck()
+
+    def action_migrate(self) -> None:
+        from ctconsole.ui.screens.migrate import MigrateScreen
+
+        self.app.push_screen(MigrateScreen(self.container))

@@ -1,0 +1,340 @@
+"""Rules editor: a container's remap rules, a form per kind, and the compiled options.
+
+Why validation is inline and compilation previewed: a rule is only right if
+CRIU gets the right options, so every keystroke re-validates the form
+(cheap, synchronous) and every change to the list recompiles the whole set in
+a worker, showing exactly the ``criu_opts`` fields that will be sent.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Select, Static
+from textual.worker import Worker
+
+from ctconsole.model import Container
+from ctconsole.ui import keymap
+from ctconsole.ui.backend import Backend, Rule, RuleKind
+from ctconsole.ui.messages import OptionsCompiled, RulesLoaded
+from ctconsole.ui.screens.base import BaseScreen
+from ctconsole.ui.screens.modals import ConfirmScreen
+from ctconsole.ui.widgets.render import plain, theme_color
+
+
+class RuleFormScreen(ModalScreen[Rule | None]):
+    """Add or edit one rule; ``ctrl+s`` (or enter in the last field) saves when it is valid."""
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "submit", "OK"),
+    ]
+
+    def __init__(
+        self, backend: Backend, kinds: tuple[RuleKind, ...], rule: Rule | None = None, editing: bool = False
+    ) -> None:
+        super().__init__()
+        self.backend = backend
+        self.kinds = kinds
+        self.rule = rule or Rule(kinds[0].name, {})
+        self.editing = editing
+        self.problems: list[str] = []
+
+    def spec(self) -> RuleKind:
+        return next((k for k in self.kinds if k.name == self.rule.kind), self.kinds[0])
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="modal-box", id="rule-form"):
+            yield Static(
+                ("Edit" if self.editing else "Add") + " rule  (ctrl+s saves, esc cancels)",
+                classes="modal-title",
+                markup=False,
+            )
+            yield Select(
+                [(f"{k.title} ({k.name})", k.name) for k in self.kinds],
+                value=self.spec().name,
+                allow_blank=False,
+                compact=True,
+                id="rule-kind",
+            )
+            yield Static(self.spec().help, id="rule-help", markup=False)
+            with VerticalScroll(id="rule-fields"):
+                yield from self._fields()
+            yield Static(id="rule-problems", markup=False)
+            with Horizontal(id="rule-buttons"):
+                yield Button("OK (ctrl+s)", id="rule-ok", variant="primary", compact=True)
+                yield Button("Cancel (esc)", id="rule-cancel", compact=True)
+
+    def _fields(self) -> list[Label | Input]:
+        out: list[Label | Input] = []
+        for f in self.spec().fields:
+            out.append(Label(f.label + ("" if f.required else " (optional)"), markup=False))
+            out.append(
+                Input(
+                    self.rule.values.get(f.name, ""),
+                    placeholder=f.placeholder,
+                    id=f"field-{f.name}",
+                    classes="rule-field",
+                    compact=True,
+                )
+            )
+        return out
+
+    def on_mount(self) -> None:
+        if self.editing:
+            self.query_one("#rule-kind", Select).disabled = True
+        inputs = self.query(".rule-field")
+        target = next((i for i in inputs if isinstance(i, Input) and not i.value), None) or (
+            inputs.first() if inputs else None
+        )
+        if target is not None:
+            target.focus()
+        self.validate()
+
+    def current(self) -> Rule:
+        values = {}
+        for f in self.spec().fields:
+            try:
+                values[f.name] = self.query_one(f"#field-{f.name}", Input).value.strip()
+            except Exception:
+                values[f.name] = self.rule.values.get(f.name, "")
+        return Rule(self.spec().name, values)
+
+    def validate(self) -> bool:
+        self.rule = self.current()
+        try:
+            self.problems = self.backend.validate_rule(self.rule)
+        except Exception as exc:  # a validator bug must not close the form
+            self.problems = [f"validator failed: {exc}"]
+        box = self.query_one("#rule-problems", Static)
+        if self.problems:
+            box.update(Text("\n".join(f"✗ {p}" for p in self.problems), style=theme_color(self.app, "error", "red")))
+        else:
+            box.update(Text("✓ valid", style=theme_color(self.app, "success", "green")))
+        self.query_one("#rule-ok", Button).disabled = bool(self.problems)
+        return not self.problems
+
+    @on(Select.Changed, "#rule-kind")
+    async def _kind_changed(self, event: Select.Changed) -> None:
+        if event.value == self.rule.kind or not isinstance(event.value, str):
+            return
+        self.rule = Rule(event.value, {})
+        self.query_one("#rule-help", Static).update(self.spec().help)
+        fields = self.query_one("#rule-fields", VerticalScroll)
+        await fields.remove_children()
+        await fields.mount_all(self._fields())
+        self.validate()
+
+    @on(Input.Changed, ".rule-field")
+    def _changed(self, event: Input.Changed) -> None:
+        self.validate()
+
+    @on(Input.Submitted, ".rule-field")
+    def _submitted(self, event: Input.Submitted) -> None:
+        inputs = list(self.query(".rule-field"))
+        if event.input is inputs[-1]:
+            self.action_submit()
+        else:
+            self.focus_next()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "rule-ok":
+            self.action_submit()
+        else:
+            self.dismiss(None)
+
+    def action_submit(self) -> None:
+        if self.validate():
+            self.dismiss(self.rule)
+        else:
+            self.notify("fix the problems shown first", severity="warning", timeout=3, markup=False)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class RulesScreen(BaseScreen):
+    SCOPE = "rules"
+    BINDINGS = keymap.bindings(SCOPE)
+
+    def __init__(self, container: Container, prefill: tuple[str, dict[str, str]] | None = None) -> None:
+        super().__init__()
+        self.container = container
+        self.prefill = prefill
+        self.rules: list[Rule] = []
+        self.dirty = False
+        self.generation = 0
+        self.loaded = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="rules-body"):
+            with Vertical(id="rules-left"):
+                table: DataTable[object] = DataTable(id="rules", cursor_type="row")
+                table.add_column("Kind", key="kind", width=11)
+                table.add_column("Values", key="values", width=24)
+                yield table
+                yield Static(id="rules-status", markup=False)
+            with VerticalScroll(id="preview-box"):
+                yield Static("compiling…", id="preview", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = f"Rules: {self.container.name}"
+        self.query_one("#preview-box").border_title = "Compiled CRIU options"
+        self.query_one("#rules", DataTable).focus()
+        self.load()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="rules-load")
+    def load(self) -> None:
+        self.post_message(RulesLoaded(self.container.id, self.backend.load_rules(self.container.id)))
+
+    def on_rules_loaded(self, message: RulesLoaded) -> None:
+        self.rules = list(message.rules)
+        self.loaded = True
+        self.refresh_rules()
+        if self.prefill is not None:
+            kind, values = self.prefill
+            self.prefill = None
+            self.open_form(Rule(kind, values), None)
+
+    def worker_failed(self, worker: Worker[object], error: BaseException) -> None:
+        if worker.group == "rules-load":
+            self.loaded = True  # start from an empty set; saving will say whether remap is there
+            self.refresh_rules()
+        self.console.show_error(error, title="Rules")
+
+    def refresh_rules(self) -> None:
+        table = self.query_one("#rules", DataTable)
+        row = table.cursor_row
+        table.clear()
+        for n, r in enumerate(self.rules):
+            table.add_row(plain(r.kind), plain(r.summary()), key=str(n))
+        if self.rules:
+            table.move_cursor(row=min(row, len(self.rules) - 1))
+        status = f"{len(self.rules)} rule(s)" + (" · unsaved changes (s saves)" if self.dirty else "")
+        self.query_one("#rules-status", Static).update(status)
+        self.sub_title = "unsaved" if self.dirty else ""
+        self.generation += 1
+        self.compile(self.generation, list(self.rules))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="compile")
+    def compile(self, gen: int, rules: list[Rule]) -> None:
+        try:
+            opts = self.backend.compile_rules(self.container.id, rules)
+        except Exception as exc:
+            self.post_message(OptionsCompiled(gen, None, exc))
+            return
+        self.post_message(OptionsCompiled(gen, opts))
+
+    def on_options_compiled(self, message: OptionsCompiled) -> None:
+        if message.generation != self.generation:
+            return  # an older compile finished late
+        preview = self.query_one("#preview", Static)
+        if message.options is None:
+            err = message.error
+            text = Text(f"does not compile: {err}\n", style=f"bold {theme_color(self.app, 'error')}")
+            for d in getattr(err, "details", []):
+                text.append(f"  {d}\n")
+            preview.update(text)
+            return
+        t = Text()
+        for line in message.options.lines():
+            phase, _, rest = line.partition(": ")
+            t.append(f"{phase:<8}", style=f"bold {theme_color(self.app, 'primary')}")
+            t.append(rest + "\n")
+        preview.update(t)
+
+    def selected_index(self) -> int | None:
+        table = self.query_one("#rules", DataTable)
+        return table.cursor_row if self.rules and table.row_count else None
+
+    def open_form(self, rule: Rule | None, index: int | None) -> None:
+        def done(result: Rule | None) -> None:
+            if result is None:
+                return
+            if index is None:
+                self.rules.append(result)
+            else:
+                self.rules[index] = result
+            self.dirty = True
+            self.refresh_rules()
+            self.query_one("#rules", DataTable).move_cursor(row=len(self.rules) - 1 if index is None else index)
+
+        self.app.push_screen(
+            RuleFormScreen(self.backend, self.backend.rule_kinds(), rule, editing=index is not None), done
+        )
+
+    @on(DataTable.RowSelected, "#rules")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        self.action_edit()
+
+    def action_add(self) -> None:
+        self.open_form(None, None)
+
+    def action_edit(self) -> None:
+        idx = self.selected_index()
+        if idx is None:
+            self.notify("no rule selected (a adds one)", timeout=3, markup=False)
+            return
+        self.open_form(self.rules[idx], idx)
+
+    def action_delete(self) -> None:
+        idx = self.selected_index()
+        if idx is None:
+            return
+        rule = self.rules[idx]
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                del self.rules[idx]
+                self.dirty = True
+                self.refresh_rules()
+
+        self.app.push_screen(ConfirmScreen(f"Delete the {rule.kind} rule?", rule.summary()), answer)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="rules-suggest")
+    def suggest(self) -> None:
+        drafts = self.backend.suggest_rules(self.container.id)
+        self.app.call_from_thread(self._suggested, drafts)
+
+    def _suggested(self, drafts: list[Rule]) -> None:
+        new = [r for r in drafts if r not in self.rules]
+        if not new:
+            self.notify("no new suggestions: every external item already has a rule", timeout=3, markup=False)
+            return
+        self.rules.extend(new)
+        self.dirty = True
+        self.refresh_rules()
+        self.notify(f"added {len(new)} suggested rule(s): review them, then s to save", timeout=4, markup=False)
+
+    def action_suggest(self) -> None:
+        self.suggest()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="rules-save")
+    def save(self) -> None:
+        where = self.backend.save_rules(self.container.id, list(self.rules))
+        self.app.call_from_thread(self._saved, where)
+
+    def _saved(self, where: str) -> None:
+        self.dirty = False
+        self.refresh_rules()
+        self.notify(f"rules saved to {where}", timeout=4, markup=False)
+
+    def action_save(self) -> None:
+        self.save()
+
+    def action_back(self) -> None:
+        if not self.dirty:
+            self.dismiss()
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.dismiss()
+
+        self.app.push_screen(ConfirmScreen("Leave without saving?", "The unsaved rules will be lost."), answer)

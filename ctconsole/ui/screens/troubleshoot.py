@@ -1,0 +1,179 @@
+"""Troubleshooting: CRIU's log with explained Error lines, and the migration history.
+
+Why explanations beside the log: CRIU's errors name source files and option
+flags; ``ctconsole.criu.errors.explain`` turns each into a sentence about
+what to change, shown for the highlighted line (``n`` walks the errors).
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Footer, Header, OptionList, Static, TabbedContent, TabPane
+from textual.widgets.option_list import Option
+
+from ctconsole.ui import keymap
+from ctconsole.ui.backend import HistoryEntry
+from ctconsole.ui.messages import HistoryLoaded, LogLoaded
+from ctconsole.ui.screens.base import BaseScreen
+from ctconsole.ui.widgets.render import plain, theme_color
+
+
+def is_error(line: str) -> bool:
+    return "Error (" in line or line.startswith("Error") or " Error:" in line
+
+
+class TroubleshootScreen(BaseScreen):
+    SCOPE = "trouble"
+    BINDINGS = keymap.bindings(SCOPE)
+
+    def __init__(self, log_path: str = "") -> None:
+        super().__init__()
+        self.log_path = log_path
+        self.lines: list[str] = []
+        self.explanations: dict[int, str] = {}
+        self.entries: list[HistoryEntry] = []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with TabbedContent(id="trouble-tabs"):
+            with TabPane("CRIU log", id="tab-log"):
+                yield Static("no log opened", id="log-path", markup=False)
+                yield OptionList(id="log-lines")
+                yield Static(id="explain", classes="why-panel", markup=False)
+            with TabPane("History", id="tab-history"):
+                t: DataTable[object] = DataTable(id="history", cursor_type="row")
+                for label, w in (
+                    ("Id", 5),
+                    ("Container", 12),
+                    ("Dest", 14),
+                    ("Strategy", 13),
+                    ("Started", 16),
+                    ("Result", 11),
+                    ("Down", 7),
+                ):
+                    t.add_column(label, key=label.lower(), width=w)
+                yield t
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "Troubleshooting"
+        self.query_one("#log-lines", OptionList).focus()
+        self.load_history()
+        if self.log_path:
+            self.load_log(self.log_path)
+
+    # --------------------------------------------------------------- workers
+    @work(thread=True, exclusive=True, exit_on_error=False, group="history")
+    def load_history(self) -> None:
+        self.post_message(HistoryLoaded(self.backend.history()))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="log")
+    def load_log(self, path: str) -> None:
+        lines = self.backend.read_log(path)
+        explanations = {}
+        for n, line in enumerate(lines):
+            if is_error(line):
+                text = self.backend.explain(line)
+                if text:
+                    explanations[n] = text
+        self.post_message(LogLoaded(path, lines, explanations))
+
+    def on_history_loaded(self, message: HistoryLoaded) -> None:
+        self.entries = message.entries
+        table = self.query_one("#history", DataTable)
+        table.clear()
+        for n, e in enumerate(self.entries):
+            color = {"migrated": "success", "rolled-back": "warning", "failed": "error"}.get(e.result, "foreground")
+            table.add_row(
+                *(plain(x) for x in (e.id, e.container, e.dest, e.strategy, e.started)),
+                Text(e.result, style=theme_color(self.app, color)),
+                plain(f"{e.downtime_ms:.0f}ms" if e.downtime_ms is not None else "—"),
+                key=str(n),
+            )
+        if not self.log_path and self.entries:
+            first = next((e for e in self.entries if e.log_path), None)
+            if first is not None:
+                self.log_path = first.log_path
+                self.load_log(first.log_path)
+
+    def on_log_loaded(self, message: LogLoaded) -> None:
+        self.lines = message.lines
+        self.explanations = message.explanations
+        n_err = sum(1 for ln in self.lines if is_error(ln))
+        self.query_one("#log-path", Static).update(
+            Text.assemble((message.path, "bold"), f"  {len(self.lines)} lines, {n_err} Error line(s) · n: next error")
+        )
+        ol = self.query_one("#log-lines", OptionList)
+        ol.clear_options()
+        err_style = f"bold {theme_color(self.app, 'error', 'red')}"
+        ol.add_options(
+            [
+                Option(Text(ln, style=err_style) if is_error(ln) else Text(ln), id=str(n))
+                for n, ln in enumerate(self.lines)
+            ]
+        )
+        first_err = next((n for n, ln in enumerate(self.lines) if is_error(ln)), 0)
+        if self.lines:
+            ol.highlighted = first_err
+        self.query_one("#trouble-tabs", TabbedContent).active = "tab-log"
+        ol.focus()
+
+    # ---------------------------------------------------------------- events
+    @on(OptionList.OptionHighlighted, "#log-lines")
+    def _line(self, event: OptionList.OptionHighlighted) -> None:
+        n = event.option_index
+        panel = self.query_one("#explain", Static)
+        line = self.lines[n] if n < len(self.lines) else ""
+        if n in self.explanations:
+            t = Text("explanation: ", style=f"bold {theme_color(self.app, 'primary')}")
+            t.append(self.explanations[n])
+            panel.update(t)
+        elif is_error(line):
+            panel.update(
+                Text("no explanation known for this error; the lines just above usually say why", style="italic")
+            )
+        else:
+            panel.update(Text("n: next Error line", style="dim"))
+
+    @on(DataTable.RowSelected, "#history")
+    def _entry(self, event: DataTable.RowSelected) -> None:
+        self.action_open_entry()
+
+    # --------------------------------------------------------------- actions
+    def _jump(self, step: int) -> None:
+        ol = self.query_one("#log-lines", OptionList)
+        if not self.lines:
+            return
+        cur = ol.highlighted if ol.highlighted is not None else -1
+        n = len(self.lines)
+        for i in range(1, n + 1):
+            idx = (cur + step * i) % n
+            if is_error(self.lines[idx]):
+                ol.highlighted = idx
+                return
+        self.notify("no Error lines in this log", timeout=2, markup=False)
+
+    def action_next_error(self) -> None:
+        self._jump(1)
+
+    def action_prev_error(self) -> None:
+        self._jump(-1)
+
+    def action_switch_tab(self) -> None:
+        tabs = self.query_one("#trouble-tabs", TabbedContent)
+        tabs.active = "tab-history" if tabs.active == "tab-log" else "tab-log"
+        target = "#history" if tabs.active == "tab-history" else "#log-lines"
+        self.query_one(target).focus()
+
+    def action_open_entry(self) -> None:
+        table = self.query_one("#history", DataTable)
+        if not self.entries or not table.row_count:
+            return
+        e = self.entries[table.cursor_row]
+        if not e.log_path:
+            self.notify(f"migration {e.id} kept no log", severity="warning", timeout=3, markup=False)
+            return
+        self.log_path = e.log_path
+        self.load_log(e.log_path)

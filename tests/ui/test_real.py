@@ -1,0 +1,213 @@
+"""The console on the real core, as root, with the lab containers.
+
+Why separate from test_screens.py: these drive :class:`RealBackend`, so they
+need root, CRIU and ``ctconsole lab`` — they fail (with CTCONSOLE_STRICT=1) or
+skip without them, and fail with the console's own error message when a core
+module the console needs is missing. Everything is done from the keyboard.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Static
+
+from ctconsole.ui.app import CtConsoleApp, create_app
+from ctconsole.ui.backend import RealBackend
+
+lab_fixtures = pytest.importorskip("tests.lab_fixtures", reason="the lab fixtures are not in this checkout")
+lab = lab_fixtures.lab  # session fixture: the lab containers are up
+
+SIZE = (80, 24)
+NS_CONTAINER = "ctlab-ns"
+
+
+def _require(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"{module} is needed by the console and does not import: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def real_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, needs_root: None) -> Path:
+    """Journals and locks of migrations started from these tests stay in tmp_path."""
+    monkeypatch.setenv("CTCONSOLE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CTCONSOLE_RUN_DIR", str(tmp_path / "run"))
+    return tmp_path
+
+
+@pytest.fixture
+def nshost(needs_root: None) -> Iterator[object]:
+    """A network namespace standing in for the destination host (the migration tests' helper)."""
+    mig = pytest.importorskip("tests.integration.test_migrate_netns")
+    h = mig.make_netns_host()
+    yield h
+    mig.remove_netns_host(h)
+
+
+def real_app() -> CtConsoleApp:
+    return create_app(RealBackend(), refresh_interval=0, remember=False)
+
+
+async def until(pilot: Pilot, cond: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        await pilot.pause(0.05)
+    notes = [str(n.message) for n in pilot.app._notifications]
+    panel = ""
+    if type(pilot.app.screen).__name__ == "ErrorScreen":
+        panel = str(pilot.app.screen.query_one("#error-body", Static).render())
+    raise AssertionError(
+        f"{what} did not happen in {timeout}s; screen={pilot.app.screen!r}; "
+        f"notifications={notes}; error panel:\n{panel}"
+    )
+
+
+async def scanned(pilot: Pilot) -> None:
+    await until(pilot, lambda: getattr(pilot.app.screen, "scans", 0) >= 1, 60, "the first scan")
+
+
+def console_name(pilot: Pilot, lab, lab_name: str) -> str:
+    """The name the console lists a lab container under (matched by init pid)."""
+    init = getattr(lab.containers[lab_name].init, "pid", lab.containers[lab_name].init)
+    for c in pilot.app.screen.containers.values():
+        if c.name == lab_name or c.init_pid == init:
+            return c.name
+    raise AssertionError(f"{lab_name} (init {init}) is not listed")
+
+
+async def select(pilot: Pilot, name: str) -> None:
+    await pilot.press("slash", *name, "enter")
+    table = pilot.app.screen.query_one("#containers", DataTable)
+    await until(pilot, lambda: table.row_count >= 1, 5, f"filtering to {name}")
+
+
+async def test_lab_containers_are_listed(lab, real_env: Path) -> None:
+    _require("ctconsole.inventory")
+    app = real_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await scanned(pilot)
+        listed = app.screen.containers.values()
+        running = {name: getattr(c.init, "pid", c.init) for name, c in lab.containers.items() if c.init is not None}
+        assert running, "no lab container is running"
+        # listed under its name, or (namespaces-only containers) found by its init pid
+        missing = {n for n, init in running.items() if not any(n == c.name or init == c.init_pid for c in listed)}
+        assert not missing, f"lab containers not listed: {missing}; listed: {sorted(c.name for c in listed)}"
+        table = app.screen.query_one("#containers", DataTable)
+        assert table.row_count == len(app.screen.containers)
+
+
+async def test_detail_tabs_show_externals(lab, real_env: Path) -> None:
+    _require("ctconsole.inventory")
+    app = real_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await scanned(pilot)
+        with_ext = [c for c in app.screen.containers.values() if c.externals()]
+        assert with_ext, "no lab container has an external item"
+        await select(pilot, with_ext[0].name)
+        await pilot.press("enter")
+        await until(pilot, lambda: type(app.screen).__name__ == "DetailScreen", 30, "the detail screen")
+        await pilot.press("x")
+        why = str(app.screen.query_one("#why", Static).render())
+        assert "why:" in why and "remedy:" in why, why
+        await pilot.pause(0.1)
+
+
+async def test_check_shows_findings(lab, real_env: Path) -> None:
+    _require("ctconsole.feasibility")
+    app = real_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await scanned(pilot)
+        await select(pilot, console_name(pilot, lab, NS_CONTAINER))
+        await pilot.press("c")
+        await until(pilot, lambda: getattr(app.screen, "report", None) is not None, 120, "the feasibility report")
+        report = app.screen.report
+        assert report.verdict in ("ok", "needs-rules", "blocked"), report.raw_verdict
+        assert report.findings or report.verdict == "ok"
+        assert "dump" in str(app.screen.query_one("#options", Static).render())
+        await pilot.pause(0.1)
+
+
+async def write_rules_from_the_editor(pilot: Pilot, bridge: str) -> None:
+    """e (editor), g (suggest), fix the veth rule's bridge for the destination, s (save), esc."""
+    app = pilot.app
+    await pilot.press("e")
+    await until(pilot, lambda: getattr(app.screen, "loaded", False), 30, "the rules editor")
+    screen = app.screen
+    await pilot.press("g")
+    await until(pilot, lambda: any(r.kind == "veth" for r in screen.rules), 30, "suggested rules")
+    table = screen.query_one("#rules", DataTable)
+    veth = next(i for i, r in enumerate(screen.rules) if r.kind == "veth")
+    while table.cursor_row != veth:
+        await pilot.press("down" if table.cursor_row < veth else "up")
+    await pilot.press("enter")
+    await until(pilot, lambda: type(app.screen).__name__ == "RuleFormScreen", 10, "the veth form")
+    for _ in range(8):
+        if app.screen.focused is not None and app.screen.focused.id == "field-bridge":
+            break
+        await pilot.press("tab")
+    await pilot.press("end", "ctrl+u", *bridge, "ctrl+s")
+    await until(pilot, lambda: app.screen is screen, 10, "the form to close")
+    await pilot.press("s")
+    await until(pilot, lambda: not screen.dirty, 30, "saving the rules")
+    await pilot.press("escape")
+
+
+@pytest.fixture
+def ns_restarted_after(lab) -> Iterator[None]:
+    """Give the other tests their ctlab-ns back: it now lives (or died) in the destination netns.
+
+    The lab keeps its state in the real state dir, which ``real_env`` redirects
+    for the test: the restart runs with the directories as they were before.
+    """
+    saved = {k: os.environ.get(k) for k in ("CTCONSOLE_STATE_DIR", "CTCONSOLE_RUN_DIR")}
+    yield
+    during = {k: os.environ.get(k) for k in saved}
+    try:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        lab_fixtures.fresh(NS_CONTAINER)
+    except Exception as exc:  # the shared lab may have been taken down by another session meanwhile
+        warnings.warn(f"could not restart {NS_CONTAINER}: {exc}", stacklevel=1)
+    finally:
+        for k, v in during.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+async def test_migrate_to_netns_from_the_keyboard(
+    ns_restarted_after: None, lab, real_env: Path, nshost, needs_criu: str
+) -> None:
+    _require("ctconsole.migrate.engine")
+    app = real_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await scanned(pilot)
+        await select(pilot, console_name(pilot, lab, NS_CONTAINER))
+        await write_rules_from_the_editor(pilot, nshost.bridge)
+        await until(pilot, lambda: type(app.screen).__name__ == "ContainersScreen", 10, "back to the list")
+        await pilot.press("m")
+        await until(pilot, lambda: type(app.screen).__name__ == "MigrateScreen", 10, "the migration screen")
+        screen = app.screen
+        await pilot.press(*nshost.dest, "enter")  # destination, then preview
+        await until(pilot, lambda: "->" in str(screen.query_one("#mig-preview", Static).render()), 60, "the preview")
+        await pilot.press("ctrl+g", "y")
+        await until(pilot, lambda: screen.finished, 300, "the end of the migration")
+        done = screen.state.done
+        assert done is not None and done.result == "migrated", "\n".join([repr(done), *screen.state.log_tail[-20:]])
+        assert "confirm" in screen.state.done_phases
+        await pilot.pause(0.1)
