@@ -1,4 +1,4 @@
-"""``ctconsole migrate | agent | history | console``: live migration from the command line.
+"""``ctconsole migrate | agent | history | keepers | console``: live migration from the command line.
 
 Why here and thin: the engine (ctconsole.migrate.engine) does the work and
 reports plain events; this module only turns flags into a MigrationRequest
@@ -37,11 +37,14 @@ def register(sub: Any) -> None:
                    help="run the dumping CRIU in this network namespace so it reaches the destination's "
                    "page server (default: ours; lab hosts are reached from ctlab-src automatically)")
     p.add_argument("--timeout", type=float, default=120.0, help="bound for each CRIU step (s)")
-    p.add_argument("--max-rounds", type=int, default=5, help="pre-copy: at most this many rounds")
-    p.add_argument("--min-pages", type=int, default=1024,
-                   help="pre-copy: stop iterating when a round writes fewer pages")
-    p.add_argument("--max-growth", type=float, default=1.0,
-                   help="pre-copy: stop when a round writes more than this times the previous one")
+    p.add_argument("--precopy-max-rounds", "--max-rounds", dest="max_rounds", type=_positive_int, default=5,
+                   metavar="N", help="pre-copy: at most N PRE_DUMP rounds before the final dump (default 5)")
+    p.add_argument("--precopy-threshold-pages", "--min-pages", dest="min_pages", type=_nonneg_int, default=1024,
+                   metavar="PAGES", help="pre-copy: do the final dump once a round writes fewer pages "
+                   "(default 1024)")
+    p.add_argument("--precopy-growth", "--max-growth", dest="max_growth", type=_positive_float, default=1.0,
+                   metavar="RATIO", help="pre-copy: do the final dump when a round writes more than RATIO times "
+                   "the previous one (not converging; default 1.0)")
     p.add_argument("--json", action="store_true", help="one JSON object per event; the last is 'done'")
     p.set_defaults(func=run_migrate)
 
@@ -57,11 +60,39 @@ def register(sub: Any) -> None:
     h.add_argument("--no-recover", action="store_true", help="do not resolve unfinished migrations")
     h.set_defaults(func=run_history)
 
+    k = sub.add_parser("keepers", help="restore parents of migrated containers on this host",
+                       description="List the keepers: each restored a migrated container as its own child "
+                       "and stays its parent (a parent-death signal would kill it otherwise), holding its "
+                       "console and re-created stdio pipes. A keeper exits when its container does.")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=run_keepers)
+
     c = sub.add_parser("console", help="attach to the terminal of a restored container",
                        description="Attach to the PTY master ctconsole keeps for a migrated container "
                        "(detach with Ctrl-]).")
     c.add_argument("ref", help="migration id (see history) or the path of a console socket")
     c.set_defaults(func=run_console)
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return v
 
 
 class _Printer:
@@ -91,7 +122,15 @@ class _Printer:
         if isinstance(e, ev.Rate):
             self.rate = e.bytes_per_second
             return
-        if isinstance(e, ev.Eta | ev.RoundProgress):
+        if isinstance(e, ev.Eta):
+            return
+        if isinstance(e, ev.RoundProgress):
+            if not e.final:  # pre-copy rounds: how fast the dirty set shrinks is what an operator watches
+                if self.bar:
+                    sys.stderr.write("\n")
+                    self.bar = False
+                print(f"   round {e.round}: {e.pages_written} pages written ({e.pages_scanned} scanned, "
+                      f"{e.pages_skipped} unchanged since the previous round)", flush=True)
             return
         if self.bar:
             sys.stderr.write("\n")
@@ -151,6 +190,25 @@ def run_agent(args: argparse.Namespace) -> int:
     from ctconsole.migrate.agent import run_stdio
 
     return run_stdio()
+
+
+def run_keepers(args: argparse.Namespace) -> int:
+    from ctconsole.migrate.keeper import list_keepers
+
+    recs = list_keepers()
+    if args.json:
+        for r in recs:
+            print(json.dumps(r))
+        return 0
+    if not recs:
+        print("no keepers on this host")
+        return 0
+    print(f"{'KEEPER':>8} {'ROOT':>8} {'STATE':8} MIGRATION / CONSOLE / LOGS")
+    for r in recs:
+        extra = [x for x in (r.get("console", ""), *r.get("logs", [])) if x]
+        print(f"{r['keeper']:>8} {r['root']:>8} {'running' if r['root_running'] else 'exiting':8} "
+              f"{r.get('migration_id', '')}" + (f" {' '.join(extra)}" if extra else ""))
+    return 0
 
 
 def run_history(args: argparse.Namespace) -> int:

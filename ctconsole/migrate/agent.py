@@ -58,6 +58,7 @@ log = logging.getLogger("ctconsole.agent")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 MIGRATION_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 MAX_FILES = 20000
+MAX_ROUNDS = 64  # pre-copy rounds per migration (the console's policy stops far earlier)
 #: criu_opts fields a console may set for a restore. Anything that names files,
 #: runs programs or hands over fds of the agent itself is missing on purpose.
 RESTORE_OPTS_ALLOWED = frozenset({
@@ -232,6 +233,8 @@ class Agent:
         self._ps_stack = contextlib.ExitStack()  # the PAGE_SERVER_CHLD conversation (WAIT_PID later)
         self._ps_wait: Callable[[float | None], int] | None = None
         self.lazy_proc: subprocess.Popen[bytes] | None = None
+        self.rounds = 0  # pre-copy rounds announced (directories pre/1..N in the images dir)
+        self.round_fds: dict[int, int] = {}  # round -> directory fd (0 = the images dir: dir_fd)
 
     # -- main loop -----------------------------------------------------------------
     def serve(self) -> int:
@@ -330,7 +333,7 @@ class Agent:
             from ctconsole import inventory
             from ctconsole.model import to_dict
 
-            items = inventory.scan()
+            items = inventory.scan(full=True)  # the console shows externals (detail, Ext column)
         except (ImportError, AttributeError) as exc:
             raise Refused("unsupported", f"inventory is not available on this host: {exc}") from exc
         return agent_pb2.InventoryReply(json=json.dumps([to_dict(c) for c in items]))
@@ -361,6 +364,15 @@ class Agent:
                 problems.append(f"only {free >> 20} MiB free for about {msg.memory_bytes >> 20} MiB of images")
         return agent_pb2.PreflightReply(ok=not problems, problems=problems)
 
+    def on_host_probe(self, msg: agent_pb2.HostProbeRequest) -> agent_pb2.HostProbeReply:
+        """The destination half of ``ctconsole check --to DEST`` (read-only; see migrate/hostprobe.py)."""
+        from ctconsole.migrate import hostprobe
+
+        try:
+            return hostprobe.answer(msg)
+        except hostprobe.BadProbe as exc:
+            raise Refused("bad-request", str(exc)) from exc
+
     def on_prepare(self, msg: agent_pb2.PrepareRequest) -> agent_pb2.PrepareReply:
         if not MIGRATION_ID_RE.fullmatch(msg.migration_id):
             raise Refused("bad-request", f"bad migration id {msg.migration_id!r}")
@@ -377,31 +389,78 @@ class Agent:
         self.dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
         reply = agent_pb2.PrepareReply(images_dir=str(d))
         if msg.page_server:
-            addr = msg.page_server_address or (global_ipv4() or ["127.0.0.1"])[0]
-            try:
-                ip = ipaddress.ip_address(addr)
-            except ValueError as exc:
-                raise Refused("bad-request", f"bad page server address {addr!r}") from exc
-            if not ip.is_loopback and addr not in global_ipv4():
-                raise Refused("bad-request", f"{addr} is not an address of this host")
-            if not ip.is_loopback and not _lab_address(ip):
-                raise Refused("bad-request", f"refusing to expose a page server on {addr}: "
-                              "use loopback behind an SSH forward, or a lab address (198.18.0.0/15)")
-            from ctconsole.criu.client import CriuClient
+            reply.page_server_address, reply.page_server_port, reply.page_server_pid = self._start_page_server(
+                d, msg.page_server_address)
+        return reply
 
-            # PAGE_SERVER_CHLD, not PAGE_SERVER: its pid is real (the daemonised one reports 0 here)
-            # and WAIT_PID tells us when every page is on disk
-            info, self._ps_wait = self._ps_stack.enter_context(
-                CriuClient(timeout=30).page_server_child(d, address=addr, port=0))
-            self.page_server_pid = info.pid
-            reply.page_server_address, reply.page_server_port, reply.page_server_pid = addr, info.port, info.pid
-            log.info("page server pid %d on %s:%d", info.pid, addr, info.port)
+    def _start_page_server(self, d: Path, address: str) -> tuple[str, int, int]:
+        """A CRIU page server writing into ``d``: (address, port, pid). One dump (or round) per server."""
+        addr = address or (global_ipv4() or ["127.0.0.1"])[0]
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError as exc:
+            raise Refused("bad-request", f"bad page server address {addr!r}") from exc
+        if not ip.is_loopback and addr not in global_ipv4():
+            raise Refused("bad-request", f"{addr} is not an address of this host")
+        if not ip.is_loopback and not _lab_address(ip):
+            raise Refused("bad-request", f"refusing to expose a page server on {addr}: "
+                          "use loopback behind an SSH forward, or a lab address (198.18.0.0/15)")
+        from ctconsole.criu.client import CriuClient
+
+        # PAGE_SERVER_CHLD, not PAGE_SERVER: its pid is real (the daemonised one reports 0 here)
+        # and WAIT_PID tells us when every page is on disk
+        info, self._ps_wait = self._ps_stack.enter_context(
+            CriuClient(timeout=30).page_server_child(d, address=addr, port=0))
+        self.page_server_pid = info.pid
+        log.info("page server pid %d on %s:%d (into %s)", info.pid, addr, info.port, d)
+        return addr, info.port, info.pid
+
+    def on_round(self, msg: agent_pb2.RoundRequest) -> agent_pb2.RoundReply:
+        """Pre-copy: a directory per PRE_DUMP round, then the final dump's, with CRIU's ``parent`` links.
+
+        Why the agent makes the links: CRIU follows ``parent`` when a pagemap
+        entry says "in parent" (on restore, and in the page server that
+        dedups against the previous round), and the symlinks themselves are
+        not sent. The previous round's page server is waited for first, so
+        its pages are on disk before they become a parent.
+        """
+        if self.images_dir is None or self.dir_fd is None:
+            raise Refused("state", "prepare first")
+        if self.restored_pid:
+            raise Refused("state", "already restored")
+        self._wait_page_server(60.0)
+        if msg.round:
+            if msg.round != self.rounds + 1 or msg.round > MAX_ROUNDS:
+                raise Refused("state", f"round {msg.round} announced after round {self.rounds}")
+            pre = self.images_dir / "pre"
+            with contextlib.suppress(FileExistsError):
+                pre.mkdir(mode=0o700)
+            d = pre / str(msg.round)
+            d.mkdir(mode=0o700)
+            if msg.round > 1:
+                os.symlink(f"../{msg.round - 1}", d / "parent")
+            self.round_fds[msg.round] = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            self.rounds = msg.round
+        else:
+            if not self.rounds or msg.parent != self.rounds:
+                raise Refused("state", f"final dump on round {msg.parent}, but {self.rounds} round(s) were made")
+            d = self.images_dir
+            with contextlib.suppress(FileExistsError):
+                os.symlink(f"pre/{self.rounds}", d / "parent")
+        reply = agent_pb2.RoundReply(images_dir=str(d))
+        if msg.page_server:
+            reply.page_server_address, reply.page_server_port, reply.page_server_pid = self._start_page_server(
+                d, msg.page_server_address)
         return reply
 
     def on_file(self, msg: agent_pb2.FileChunk) -> agent_pb2.FileAck:
         if self.dir_fd is None:
             raise Refused("state", "prepare first")
-        name = check_name(msg.name)
+        dir_fd = self.dir_fd if not msg.round else self.round_fds.get(msg.round)
+        if dir_fd is None:
+            raise Refused("state", f"round {msg.round} was not announced")
+        base = check_name(msg.name)
+        name = base if not msg.round else f"pre/{msg.round}/{base}"  # key of open_files / files_done
         if name in self.files_done:
             raise Refused("state", f"{name} was already received")
         if name not in self.open_files:
@@ -410,8 +469,8 @@ class Agent:
             if msg.offset != 0:
                 raise Refused("bad-request", f"{name}: first chunk must start at offset 0")
             try:
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                             dir_fd=self.dir_fd)
+                fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=dir_fd)
             except FileExistsError as exc:
                 raise Refused("state", f"{name} already exists in the images directory") from exc
             self.open_files[name] = (fd, 0)
@@ -441,42 +500,57 @@ class Agent:
                 raise Refused("state", f"network device {name} already exists on the destination")
         self.created_links = veth_host_names(opts)
         opts.setdefault("notify_scripts", True)
-        from ctconsole.criu.client import CriuClient
-
-        client = CriuClient(timeout=msg.timeout or 120.0)
         if msg.lazy:
             opts["lazy_pages"] = True
             self._start_lazy_daemon(msg.lazy_address, msg.lazy_port)
         if msg.hold and not msg.lazy:
             opts["leave_stopped"] = True  # CRIU SIGSTOPs every task before letting go of it
             self.held = True
-        inherit = self._open_inherited(list(msg.inherit))
+        from ctconsole.migrate import pipes
+
+        relay_specs = [(x.key, x.mode) for x in msg.inherit if x.how == pipes.HOW]
+        inherit = self._open_inherited([x for x in msg.inherit if x.how != pipes.HOW])
+        try:
+            pipe_ends, relays = pipes.open_relays(relay_specs)
+        except BaseException:
+            pipes.close_all(inherit.values())
+            raise
+        inherit.update(pipe_ends)
         t0 = time.monotonic()
         marks: list[str] = []
 
-        def on_note(n: Any) -> bool:
-            marks.append(f"{n.script}@{(time.monotonic() - t0) * 1000:.0f}ms")
-            if n.pid and not self.pending_root:
-                self.pending_root = int(n.pid)  # killable even if the restore never returns
+        def on_note(script: str, pid: int) -> bool:
+            marks.append(f"{script}@{(time.monotonic() - t0) * 1000:.0f}ms")
+            if pid and not self.pending_root:
+                self.pending_root = pid  # killable even if the restore never returns
+            if script == "setup-namespaces" and msg.setup_ns:
+                # raising here makes CRIU abort the restore (the handler's reason is in the error)
+                moved = setup_namespaces(list(msg.setup_ns), pid)
+                marks.append("moved " + ",".join(moved))
             return True
 
+        # the restore runs in a detached keeper that stays the root's parent (keeper.py: a
+        # parent-death signal would kill a root whose parent exits), holds the PTY master
+        # and the re-created stdio pipes, and reaps the root
+        from ctconsole.migrate.keeper import KeeperError, restore_with_parent
+
         try:
-            res = client.restore(opts, self.images_dir, on_notify=on_note, inherit_fds=inherit)
-        except CtError as exc:
+            res = restore_with_parent(opts, self.images_dir, inherit, relays, self.migration_id,
+                                      timeout=msg.timeout or 120.0, on_note=on_note)
+        except KeeperError as exc:
+            details = [d for d in exc.details if not d.startswith("full CRIU log:")]
             kept = self._keep_log("restore.log")
             if kept:
-                exc.details = [d for d in exc.details if not d.startswith("full CRIU log:")]
-                exc.details.append(f"full CRIU log (on the destination): {kept}")
-            raise
+                details.append(f"full CRIU log (on the destination): {kept}")
+            raise CtError(exc.message, details) from exc
         finally:
-            for fd in inherit.values():
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            pipes.close_all([*inherit.values(), *(fd for _, _, fd in relays)])
         marks.append(f"done@{(time.monotonic() - t0) * 1000:.0f}ms")
         log.info("restore timeline: %s", " ".join(marks))
-        self.restored_pid, self.restored_start = res.pid, start_time(res.pid)
-        self.kept_fds = list(res.kept_fds)
-        log.info("restored pid %d in %.3f s (kept fds %s)", res.pid, res.elapsed, self.kept_fds)
+        self.restored_pid, self.restored_start = res.pid, res.start or start_time(res.pid)
+        self.keeper_pid = res.keeper_pid
+        log.info("restored pid %d in %.3f s (parent: keeper %d%s)", res.pid, res.elapsed, res.keeper_pid,
+                 f", console {res.console_socket}" if res.console_socket else "")
         reply = agent_pb2.RestoreReply(pid=res.pid, elapsed=res.elapsed, lazy=msg.lazy)
         stats = self.images_dir / "stats-restore"
         if stats.exists():
@@ -487,8 +561,7 @@ class Agent:
             raise CtError(f"the restored tree (pid {res.pid}) exited right after the restore")
         if msg.probe_argv:
             reply.probe_output = self._probe(list(msg.probe_argv), msg.probe_timeout or 10.0)
-        if self.kept_fds:
-            reply.console_socket = self._start_keeper()
+        reply.console_socket = res.console_socket
         self._write_pending()
         return reply
 
@@ -601,7 +674,7 @@ class Agent:
 
     # -- helpers -------------------------------------------------------------------
     def _open_inherited(self, specs: list[agent_pb2.InheritFd]) -> dict[str, int]:
-        return open_inherited([(x.key, x.how, x.path) for x in specs])
+        return open_inherited([(x.key, x.how, x.path, x.mode, x.perm if x.mode else -1) for x in specs])
 
     def _keep_log(self, name: str) -> str:
         """Copy a CRIU log out of the images dir before rollback removes it."""
@@ -644,26 +717,6 @@ class Agent:
             raise Refused("probe", f"probe {' '.join(argv)!r} failed with status {res.returncode}",
                           out.splitlines()[-5:])
         return out[-2000:]
-
-    def _start_keeper(self) -> str:
-        """Hand the PTY master(s) CRIU gave us to a detached keeper that outlives this session."""
-        sock_dir = private_dir(run_dir() / "consoles")
-        path = sock_dir / f"{self.migration_id}.sock"
-        argv = [sys.executable, "-m", "ctconsole.migrate.keeper", "--pid", str(self.restored_pid),
-                "--socket", str(path), *[a for fd in self.kept_fds for a in ("--fd", str(fd))]]
-        for fd in self.kept_fds:
-            os.set_inheritable(fd, True)
-        proc = subprocess.Popen(argv, pass_fds=self.kept_fds, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        self.keeper_pid = proc.pid
-        end = time.monotonic() + 5
-        while time.monotonic() < end and not path.exists():
-            time.sleep(0.02)
-        for fd in self.kept_fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.kept_fds = []
-        return str(path)
 
     def _pending_record(self, mid: str) -> dict[str, Any] | None:
         if not MIGRATION_ID_RE.fullmatch(mid):
@@ -725,6 +778,10 @@ class Agent:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.open_files.clear()
+        for fd in self.round_fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.round_fds.clear()
         if self.dir_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self.dir_fd)
@@ -756,22 +813,38 @@ class Agent:
         self.rollback()
 
 
-def open_inherited(specs: list[tuple[str, str, str]]) -> dict[str, int]:
-    """Open the fds a restore inherits: ``(key, how, path)``; today ``connect-unix`` only.
+def open_inherited(specs: list[tuple[str, str, str]] | list[tuple[str, str, str, str, int]]) -> dict[str, int]:
+    """Open the fds a restore inherits: ``(key, how, path[, mode, perm])``.
 
-    Why here: the other end of an external socket (a host daemon) is on the
-    destination, so the destination opens a fresh connection to it and CRIU
-    plugs it in where the container's old socket was.
+    Why here: the other end of an external socket (a host daemon) and the
+    file a ``file`` rule names are on the destination, so the destination
+    opens them: ``connect-unix`` connects a fresh stream socket to ``path``
+    (CRIU plugs it in where the container's old socket was); ``open-file``
+    opens ``path`` with ``mode`` (remap.compile.FILE_OPEN_FLAGS; a file it
+    creates gets ``perm``, CRIU compares the bits with the original's).
     """
+    from ctconsole.remap.compile import FILE_OPEN_FLAGS, OPEN_FILE, InheritSpec, open_inherit_fds
+
     out: dict[str, int] = {}
     try:
-        for key, how, path in specs:
+        for spec in specs:
+            key, how, path = spec[0], spec[1], spec[2]
+            mode, perm = (str(spec[3]), int(spec[4])) if len(spec) > 3 else ("", -1)
             if not re.fullmatch(r"[A-Za-z0-9_:\[\]./-]{1,200}", key):
                 raise Refused("bad-request", f"bad inherit_fd key {key!r}")
-            if how != "connect-unix":
+            if how not in ("connect-unix", OPEN_FILE):
                 raise Refused("unsupported", f"inherit_fd {key}: cannot provide {how!r}")
             if not os.path.isabs(path):
                 raise Refused("bad-request", f"inherit_fd {key}: path must be absolute")
+            if how == OPEN_FILE:
+                if (mode or "append") not in FILE_OPEN_FLAGS or not -1 <= perm <= 0o7777:
+                    raise Refused("bad-request", f"inherit_fd {key}: bad open mode {mode!r} / perm {perm}")
+                try:
+                    out[key] = open_inherit_fds([InheritSpec(key=key, how=how, path=path, mode=mode or "append",
+                                                             perm=perm)])[key]
+                except CtError as exc:
+                    raise Refused("failed", exc.message) from exc
+                continue
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(10)
             try:
@@ -788,6 +861,37 @@ def open_inherited(specs: list[tuple[str, str, str]]) -> dict[str, int]:
                 os.close(fd)
         raise
     return out
+
+
+def setup_namespaces(actions: list[agent_pb2.SetupNsAction], pid: int) -> list[str]:
+    """Carry out remap setup-namespaces actions for the restored root ``pid``; returns "VF->IF" notes.
+
+    Why in the notify: only then does the restored netns exist while still
+    empty (criu-digest §5.2), and a VF pool names no device in advance:
+    whichever VF is free *now* on this host is taken. ``CTCONSOLE_SYSFS_ROOT``
+    (tests only) points the VF scan at a fake sysfs tree whose "VF" netdev is
+    a veth: moving a link is the same netlink request for any link kind.
+    """
+    from ctconsole.remap import vf
+
+    if pid <= 0:
+        raise CtError("setup-namespaces came without the restored root pid")
+    sys_root = os.environ.get("CTCONSOLE_SYSFS_ROOT", "/sys")
+    moved: list[str] = []
+    taken: list[str] = []
+    for a in actions:
+        if a.action != "move-vf":
+            raise CtError(f"unknown setup-namespaces action {a.action!r}")
+        if not NAME_RE.fullmatch(a.interface) or len(a.interface) > 15 or not NAME_RE.fullmatch(a.pf):
+            raise CtError(f"bad interface or PF name in move-vf ({a.interface!r}, {a.pf!r})")
+        pool = vf.VfPool(pf=a.pf, vfs=None if a.any_vf else tuple(a.vfs))
+        chosen = vf.pick_free_vf(pool, sys_root=sys_root, exclude=tuple(taken))
+        vf.move_link_to_netns(chosen.netdev, pid, new_name=a.interface)
+        taken.append(chosen.netdev)
+        moved.append(f"{chosen.netdev}->{a.interface}")
+        log.info("moved VF %d of %s (%s) into pid %d's netns as %s", chosen.index, a.pf, chosen.netdev, pid,
+                 a.interface)
+    return moved
 
 
 def _lab_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -813,6 +917,11 @@ def run_stdio() -> int:
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter(fmt))
         logging.getLogger().addHandler(handler)
+    from ctconsole.migrate.hostview import restore_cgroup_view
+
+    made = restore_cgroup_view()  # `ip netns exec` hid /sys/fs/cgroup (hostview.py says why)
+    if made:
+        log.info("mounted the host's cgroup hierarchies again: %s", " ".join(made))
     # stdout carries frames only: anything else printing there would corrupt the stream
     out_fd = os.dup(1)
     os.dup2(2, 1)

@@ -361,14 +361,15 @@ class AgentChannel:
             raise ChannelError(f"the agent on {self.dest} went away", self.stderr_tail()) from exc
         return int(req.id)
 
-    def send_file_chunk(self, name: str, offset: int, data: bytes, last: bool) -> int:
+    def send_file_chunk(self, name: str, offset: int, data: bytes, last: bool, round_no: int = 0) -> int:
         """Send a FileChunk request without copying ``data`` through protobuf.
 
         Why: image data dominates the transfer and each protobuf copy of it
         costs as much as the pipe itself. The bytes on the wire are exactly
         what ``Request(id, file=FileChunk(name, offset, last, data))`` would
         serialize to (fields may come in any order), so the agent parses them
-        with the ordinary generated code.
+        with the ordinary generated code. ``round_no`` (pre-copy) names the round
+        directory the file belongs to (0 = the images dir itself).
         """
         if self.proc is None or self.proc.stdin is None:
             raise ChannelError("the agent is not running")
@@ -378,6 +379,8 @@ class AgentChannel:
         chunk_head = b"\x0a" + _varint(len(nb)) + nb + b"\x10" + _varint(offset)
         if last:
             chunk_head += b"\x20\x01"
+        if round_no:
+            chunk_head += b"\x28" + _varint(round_no)
         chunk_head += b"\x1a" + _varint(len(data))
         chunk_len = len(chunk_head) + len(data)
         req_head = b"\x08" + _varint(rid) + b"\x7a" + _varint(chunk_len)

@@ -18,6 +18,12 @@ the engine does the destination's work *inside* that notification:
   the destination and are restored there. Any failure restores the tree back
   here from the kept images.
 
+Pre-copy adds PRE_DUMP rounds before that DUMP, on the same ``criu swrk``
+session, while the source still runs (:meth:`Migration._precopy`); none of
+them releases anything, so the rule above is unchanged. Remap rules add fds
+the agent opens just before RESTORE and VF moves it does in CRIU's
+``setup-namespaces`` notify (:func:`compile_options`).
+
 Every step is written to a journal first (journal.py), so a crash of
 ctconsole itself is resolved by :func:`recover_one` at the next start.
 Progress goes out as plain events (events.py) through one callback.
@@ -40,6 +46,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ctconsole.config import private_dir, state_dir
@@ -85,6 +92,48 @@ def precopy_should_stop(policy: PrecopyPolicy, written: list[int]) -> tuple[bool
     if len(written) >= 2 and written[-2] > 0 and written[-1] / written[-2] > policy.max_growth:
         return True, f"not converging ({written[-2]} -> {written[-1]} pages)"
     return False, ""
+
+
+#: pre-copy rounds live in IMAGES/pre/1, IMAGES/pre/2, ... on both sides; the final dump goes to IMAGES
+PRECOPY_DIR = "pre"
+
+
+def precopy_round_dir(images: Path, k: int) -> Path:
+    """Where PRE_DUMP round ``k`` (1-based) writes, on the source and (mirrored) on the destination.
+
+    Why inside the final images dir: the agent removes one directory on
+    rollback and success, and ``parent`` links stay relative
+    (``pre/k/parent -> ../k-1``, ``IMAGES/parent -> pre/N``), so the same
+    tree resolves wherever it is copied.
+    """
+    return images / PRECOPY_DIR / str(k)
+
+
+def precopy_round_opts(base: dict[str, Any], k: int, ps: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The PRE_DUMP options of round ``k``: the dump's own options, ``track_mem``, ``parent_img`` from round 2.
+
+    ``ps`` (page-server mode) sends this round's pages to the destination
+    page server started for it; otherwise they stay local and go over the
+    agent channel. ``lazy_pages`` and a stale ``ps``/``parent_img`` from the
+    base are dropped: they describe the final dump, not a round.
+    """
+    opts = {key: v for key, v in base.items() if key not in ("ps", "parent_img", "lazy_pages")}
+    opts["track_mem"] = True
+    if k > 1:
+        opts["parent_img"] = f"../{k - 1}"
+    if ps:
+        opts["ps"] = dict(ps)
+    return opts
+
+
+def precopy_final_opts(base: dict[str, Any], rounds: int, ps: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The final DUMP after ``rounds`` pre-dumps: only pages dirtied since the last round are written."""
+    opts = {key: v for key, v in base.items() if key not in ("ps", "parent_img", "lazy_pages")}
+    opts["track_mem"] = True
+    opts["parent_img"] = f"{PRECOPY_DIR}/{rounds}"
+    if ps:
+        opts["ps"] = dict(ps)
+    return opts
 
 
 @dataclass
@@ -197,12 +246,15 @@ def _merge(base: dict[str, Any], more: dict[str, Any]) -> None:
 
 
 def compile_options(
-    container: Container, req: MigrationRequest, inherit: list[dict[str, str]] | None = None
+    container: Container, req: MigrationRequest, inherit: list[dict[str, Any]] | None = None,
+    setup_ns: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Dump and restore options: engine base, then feasibility remedies, remap rules, explicit extras.
 
     ``inherit`` (when given) receives the fds the destination must open for the
-    restore (``{"key", "how", "path"}``); the agent opens them on its host.
+    restore (``{"key", "how", "path"[, "mode", "perm"]}``); the agent opens
+    them on its host just before RESTORE. ``setup_ns`` receives the rules'
+    setup-namespaces actions (VF moves), done by the agent in that notify.
     """
     root = container.processes[0] if container.processes else None
     shell_job = bool(root and root.sid != container.init_pid)
@@ -226,16 +278,38 @@ def compile_options(
         _merge(dump, comp.dump)
         _merge(restore, comp.restore)
         notes.extend(comp.notes)
-        from ctconsole.remap.compile import CONNECT_UNIX
+        from ctconsole.remap.compile import CONNECT_UNIX, MOVE_VF, OPEN_FILE
 
-        unsupported = [i.key for i in comp.inherit if i.how not in (KEEP_PTY_MASTER, CONNECT_UNIX)]
+        unsupported = [i.key for i in comp.inherit if i.how not in (KEEP_PTY_MASTER, CONNECT_UNIX, OPEN_FILE)]
+        unsupported += [f"{a.action} {a.interface}" for a in comp.setup_ns_actions if a.action != MOVE_VF]
         if unsupported:
-            raise Refusal("the rules need inherited fds the agent cannot open yet: " + ", ".join(unsupported))
+            raise Refusal("the rules need inherited fds or actions the agent cannot provide: "
+                          + ", ".join(unsupported))
         if inherit is not None:
-            inherit.extend({"key": i.key, "how": i.how, "path": i.path}
-                           for i in comp.inherit if i.how == CONNECT_UNIX)
+            for i in comp.inherit:
+                if i.how == CONNECT_UNIX:
+                    inherit.append({"key": i.key, "how": i.how, "path": i.path})
+                elif i.how == OPEN_FILE:
+                    inherit.append({"key": i.key, "how": i.how, "path": i.path, "mode": i.mode or "append",
+                                    "perm": i.perm})
+        if setup_ns is not None:
+            setup_ns.extend({"action": a.action, "interface": a.interface, "pf": a.pf,
+                             "vfs": list(a.vfs or ()), "any_vf": a.vfs is None} for a in comp.setup_ns_actions)
         if comp.setup_ns_actions:
-            raise Refusal("the rules need setup-namespaces actions (VF moves) that migration does not do yet")
+            restore["notify_scripts"] = True  # the VF moves happen in the setup-namespaces notify
+    if inherit is not None:
+        # stdio pipes held by a runtime outside the tree (runc's descriptors.json case): new pipes
+        # on the destination, kept by the restore parent (migrate/pipes.py)
+        from ctconsole.migrate.pipes import external_pipes
+
+        have = {i["key"] for i in inherit}
+        for xp in external_pipes([p.pid for p in container.processes] or descendants(container.init_pid)):
+            if xp.key not in have:
+                inherit.append(xp.spec())
+                notes.append(f"{xp.key} (pid {xp.holders[0][0]} fd {xp.holders[0][1]}): its other end is "
+                             "outside the container; a new pipe is made on the destination and its other "
+                             + ("end is logged by the restore parent" if xp.direction == "write"
+                                else "end is held open by the restore parent"))
     _merge(dump, req.extra_dump)
     _merge(restore, req.extra_restore)
     dump["pid"] = container.init_pid
@@ -334,7 +408,9 @@ class Migration:
         self.source_released = False
         self.dest_restored = False
         self.details: dict[str, Any] = {"id": self.id}
-        self.inherit: list[dict[str, str]] = []
+        self.inherit: list[dict[str, Any]] = []
+        self.setup_ns: list[dict[str, Any]] = []  # remap setup-namespaces actions (VF moves) for the agent
+        self.rounds = 0  # pre-copy rounds done
         self.cause: list[str] = []  # why the handover refused post-dump (the real reason for a rollback)
         self.lazy: tuple[str, int, str, int] = ("", 0, "", 0)
         self.helper: threading.Thread | None = None
@@ -371,7 +447,7 @@ class Migration:
             self.container = c = resolve_container(self.req.ref)
             lock = MigrationLock(c.id).acquire()
             self.source_pid, self.source_start = c.init_pid, start_time(c.init_pid)
-            dump_opts, restore_opts, notes = compile_options(c, self.req, self.inherit)
+            dump_opts, restore_opts, notes = compile_options(c, self.req, self.inherit, self.setup_ns)
             self.journal.write("begin", container=c.id, name=c.name, dest=self.req.dest,
                                strategy=self.req.strategy, source_pid=self.source_pid,
                                source_start=self.source_start, lock=str(lock.path), pid=os.getpid())
@@ -408,10 +484,12 @@ class Migration:
     def _hidden_causes(self) -> list[str]:
         if self.work is None:
             return []
-        try:
-            text = (self.work / "images" / "dump.log").read_text(errors="replace")
-        except OSError:
-            return []
+        text = ""
+        # the final dump's log, and the pre-copy rounds' (a round reaches its own page server)
+        for log in [self.work / "images" / "dump.log",
+                    *sorted((self.work / "images").glob(f"{PRECOPY_DIR}/*/pre-dump.log"))]:
+            with contextlib.suppress(OSError):
+                text += log.read_text(errors="replace")
         out = [ln.strip() for ln in text.splitlines() if any(c in ln for c in self.HIDDEN_CAUSES)][:3]
         if any("connect to server" in ln for ln in out):
             out.append("  -> the dumping CRIU cannot reach the destination's page server "
@@ -421,17 +499,25 @@ class Migration:
     def _kept_log_path(self, line: str) -> str:
         """'full CRIU log: WORK/images/dump.log' -> where _keep_logs() puts it."""
         if self.work is not None and line.startswith("full CRIU log: ") and str(self.work) in line:
-            name = Path(line.split(": ", 1)[1]).name
-            return f"full CRIU log: {self.journal.path.with_name(f'{self.id}.{name}')}"
+            return f"full CRIU log: {self.journal.path.with_name(self._log_name(Path(line.split(': ', 1)[1])))}"
         return line
+
+    def _log_name(self, log: Path) -> str:
+        """ID.dump.log for the final dump, ID.round2.pre-dump.log for a pre-copy round's log."""
+        assert self.work is not None
+        rel = log.relative_to(self.work / "images") if log.is_relative_to(self.work / "images") else Path(log.name)
+        if len(rel.parts) == 3 and rel.parts[0] == PRECOPY_DIR:
+            return f"{self.id}.round{rel.parts[1]}.{log.name}"
+        return f"{self.id}.{log.name}"
 
     def _keep_logs(self) -> None:
         """Keep CRIU's logs next to the journal (the work dir goes; error messages point here)."""
         if self.work is None or not (self.work / "images").is_dir():
             return
-        for log in (self.work / "images").glob("*.log"):
+        logs = [*(self.work / "images").glob("*.log"), *(self.work / "images").glob(f"{PRECOPY_DIR}/*/*.log")]
+        for log in logs:
             with contextlib.suppress(OSError):
-                shutil.copy2(log, self.journal.path.with_name(f"{self.id}.{log.name}"))
+                shutil.copy2(log, self.journal.path.with_name(self._log_name(log)))
 
     def _finish_refused(self, message: str, details: list[str]) -> ev.Done:
         if not any(r.get("kind") == "begin" for r in self.journal.records()):
@@ -492,11 +578,13 @@ class Migration:
             if not pf.ok:
                 raise Refusal("the destination is not ready", list(pf.problems))
         postcopy = self.strategy == "post-copy"
+        precopy = self.strategy == "pre-copy"
         use_ps = self.mode == "handover" and self.req.page_server and not postcopy
         ps_addr = "" if dest.kind == "netns" else "127.0.0.1"
+        # pre-copy: one page server per round (and one for the final dump), asked for round by round
         prep = ch.call("prepare", agent_pb2.PrepareRequest(
-            migration_id=self.id, page_server=use_ps, page_server_address=ps_addr), timeout=60)
-        if use_ps:
+            migration_id=self.id, page_server=use_ps and not precopy, page_server_address=ps_addr), timeout=60)
+        if use_ps and not precopy:
             port = ch.forward_port(prep.page_server_port)
             addr = "127.0.0.1" if dest.kind == "ssh" else prep.page_server_address
             dump_opts["ps"] = {"address": addr, "port": port}
@@ -511,7 +599,7 @@ class Migration:
             self.info(f"post-copy: the source serves pages on {self.lazy[0]}:{self.lazy[1]}; the destination's "
                       f"lazy-pages daemon pulls them from {self.lazy[2]}:{self.lazy[3]}")
         self.journal.write("options", dump=dump_opts, restore=restore_opts, inherit=self.inherit,
-                           images=str(self.work / "images"))
+                           setup_ns=self.setup_ns, images=str(self.work / "images"))
         self._check_abort()
         _fault("prepare", self.aborted)
 
@@ -543,7 +631,10 @@ class Migration:
         self.t_freeze = time.monotonic()
         try:
             with in_netns(src_ns):
-                result = client.dump(dump_opts, images, on_notify=on_notify, timeout=self.req.timeout)
+                if precopy:
+                    result = self._precopy(client, dump_opts, images, (use_ps, ps_addr, dest), on_notify)
+                else:
+                    result = client.dump(dump_opts, images, on_notify=on_notify, timeout=self.req.timeout)
         except CtError as exc:
             if postcopy:
                 self._join_postcopy()
@@ -568,7 +659,8 @@ class Migration:
             st = result.stats
             self.frozen_seconds = st.frozen_time_us / 1e6
             self.journal.write("dump_stats", **st.__dict__)
-            self.emit(ev.RoundProgress(1, st.pages_scanned, st.pages_written, st.pages_skipped_parent, final=True))
+            self.emit(ev.RoundProgress(self.rounds + 1, st.pages_scanned, st.pages_written, st.pages_skipped_parent,
+                                       final=True))
             self.emit(ev.FrozenTime(self.frozen_seconds))
             self.bytes_sent += st.pages_written * 4096 if use_ps else 0
             if postcopy:
@@ -608,14 +700,16 @@ class Migration:
         want = self.req.strategy
         mem_track = bool(local.mem_track and hello.mem_track)
         if want == "pre-copy":
-            if not mem_track:
+            # fault-injection tests only: run the real rounds anyway, so CRIU's own refusal is exercised
+            forced = "skip:memtrack" in os.environ.get("CTCONSOLE_FAULT", "")
+            if not mem_track and not forced:
                 where = "this host" if not local.mem_track else "the destination"
                 raise Refusal(
                     f"pre-copy needs soft-dirty memory tracking, which {where} lacks "
                     "(CRIU FEATURE_CHECK mem_track=false)",
                     ["without it CRIU cannot pre-dump (track_mem is refused, PRE_DUMP aborts)",
                      "use --strategy stop-copy (or auto, which falls back to it)"])
-            raise Refusal("pre-copy rounds are not implemented in this build yet", ["use --strategy stop-copy"])
+            return "pre-copy"
         if want == "post-copy":
             from ctconsole.migrate.selftest import lazy_pages_works
 
@@ -631,14 +725,82 @@ class Migration:
                 raise Refusal("post-copy is not usable on the destination: " + hello.lazy_selftest_reason)
             return "post-copy"
         if want == "auto":
-            why = "no soft-dirty tracking for pre-copy" if not mem_track else "pre-copy is not implemented yet"
+            why = ("no soft-dirty tracking for pre-copy" if not mem_track
+                   else "pre-copy only on request: --strategy pre-copy")
             self.info(f"auto: stop-copy ({why}; post-copy is never chosen automatically: the restored "
                       "tree runs before its memory has arrived, so a failed transfer leaves two copies that ran)")
         return "stop-copy"
 
     # -- perform helpers ---------------------------------------------------------------------
-    def _send_images(self, images: Path, skip: tuple[str, ...] = ("dump.log",), window: int = 8) -> None:
-        """Stream image files to the agent, ``window`` chunks in flight (acks are read in order)."""
+    def _precopy(self, client: Any, dump_opts: dict[str, Any], images: Path, ps: tuple[bool, str, Any],
+                 on_notify: Callable[[Any], bool]) -> Any:
+        """Pre-copy: PRE_DUMP rounds while the source runs, then the final DUMP, on one ``criu swrk``.
+
+        Why one connection: CRIU keeps the soft-dirty state of the tree
+        between the rounds of one swrk session (libcriu's dump_iters). Round
+        k writes into IMAGES/pre/k (``parent_img=../k-1``, ``track_mem``): only
+        pages dirtied since the previous round. Its pages go to a page server
+        the agent starts for that round in the same place on the destination
+        (page-server mode), or over the agent channel right after the round;
+        either way they move while the source still runs. The policy
+        (:func:`precopy_should_stop`) decides when the rest is small enough to
+        freeze for; the final DUMP (``parent_img=pre/N``) then goes through the
+        same post-dump handover as stop-copy. A failed round raises: CRIU has
+        already resumed the source (PRE_DUMP always does), the caller rolls back.
+        """
+        assert self.channel is not None
+        ch = self.channel
+        use_ps, ps_addr, dest = ps
+        written: list[int] = []
+
+        def page_server(reply: Any) -> dict[str, Any] | None:
+            if not use_ps:
+                return None
+            port = ch.forward_port(reply.page_server_port)
+            return {"address": "127.0.0.1" if dest.kind == "ssh" else reply.page_server_address, "port": port}
+
+        with client.iterative(timeout=self.req.timeout) as it:
+            while True:
+                self._check_abort()
+                k = self.rounds + 1
+                rdir = precopy_round_dir(images, k)
+                rdir.mkdir(mode=0o700, parents=True)
+                reply = ch.call("round", agent_pb2.RoundRequest(round=k, page_server=use_ps,
+                                                                page_server_address=ps_addr), timeout=90)
+                opts = precopy_round_opts(dump_opts, k, page_server(reply))
+                self.journal.write("round", round=k, options=opts)
+                self.info(f"pre-copy round {k}" + (" (pages to the destination page server)" if use_ps else ""))
+                st = it.pre_dump(opts, rdir).stats
+                self.rounds = k
+                written.append(st.pages_written if st is not None else 0)
+                if st is not None:
+                    self.journal.write("round_stats", round=k, **st.__dict__)
+                    self.emit(ev.RoundProgress(k, st.pages_scanned, st.pages_written, st.pages_skipped_parent))
+                if use_ps:
+                    self.bytes_sent += written[-1] * 4096
+                    self.emit(ev.BytesSent(self.bytes_sent, self.bytes_sent))
+                else:
+                    self._send_images(rdir, skip=("pre-dump.log",), round_no=k)
+                stop, why = precopy_should_stop(self.req.policy, written)
+                if stop:
+                    self.info(f"pre-copy: final dump after round {k} ({why})")
+                    break
+            self._check_abort()
+            reply = ch.call("round", agent_pb2.RoundRequest(round=0, parent=self.rounds, page_server=use_ps,
+                                                            page_server_address=ps_addr), timeout=90)
+            final = precopy_final_opts(dump_opts, self.rounds, page_server(reply))
+            self.journal.write("round", round=0, parent=self.rounds, options=final)
+            self.phase("perform", f"pre-copy: final dump after {self.rounds} round(s)")
+            self.t_freeze = time.monotonic()  # downtime counts from the final freeze, not from round 1
+            return it.dump(final, images, on_notify=on_notify)
+
+    def _send_images(self, images: Path, skip: tuple[str, ...] = ("dump.log",), window: int = 8,
+                     round_no: int = 0) -> None:
+        """Stream image files to the agent, ``window`` chunks in flight (acks are read in order).
+
+        ``round_no`` > 0: a pre-copy round's directory, mirrored into pre/N there.
+        Sub-directories and symlinks (``parent``) are not sent: the agent makes its own links.
+        """
         assert self.channel is not None
         ch = self.channel
         files = sorted(p for p in images.iterdir() if p.is_file() and not p.is_symlink() and p.name not in skip)
@@ -646,7 +808,7 @@ class Migration:
         t0 = time.monotonic()
         pending: deque[int] = deque()
         try:
-            sent = self._stream_files(files, total, pending, window, t0)
+            sent = self._stream_files(files, total, pending, window, t0, round_no)
             while pending:
                 ch.receive(pending.popleft(), "file", timeout=60)
         except CtError:
@@ -663,9 +825,10 @@ class Migration:
         self.emit(ev.BytesSent(self.bytes_sent + sent, self.bytes_sent + total))
         self.emit(ev.Rate(sent / max(elapsed, 1e-6)))
         self.bytes_sent += sent
-        self.journal.write("sent", files=len(files), bytes=sent, seconds=elapsed)
+        self.journal.write("sent", files=len(files), bytes=sent, seconds=elapsed, round=round_no)
 
-    def _stream_files(self, files: list[Path], total: int, pending: deque[int], window: int, t0: float) -> int:
+    def _stream_files(self, files: list[Path], total: int, pending: deque[int], window: int, t0: float,
+                      round_no: int = 0) -> int:
         assert self.channel is not None
         ch = self.channel
         sent, last_emit = 0, 0.0
@@ -676,7 +839,7 @@ class Migration:
                     self._check_abort()
                     data = f.read(CHUNK_SIZE)
                     last = len(data) < CHUNK_SIZE
-                    pending.append(ch.send_file_chunk(p.name, offset, data, last))
+                    pending.append(ch.send_file_chunk(p.name, offset, data, last, round_no))
                     while len(pending) > window:
                         ch.receive(pending.popleft(), "file", timeout=60)
                     offset += len(data)
@@ -702,6 +865,7 @@ class Migration:
             options_json=json.dumps(restore_opts), probe_argv=probe, probe_timeout=30.0,
             timeout=min(self.req.timeout, 60.0) if lazy else self.req.timeout, page_server_wait=60.0,
             inherit=[agent_pb2.InheritFd(**i) for i in self.inherit], lazy=lazy is not None,
+            setup_ns=[agent_pb2.SetupNsAction(**a) for a in self.setup_ns],
             hold=not probe and lazy is None,
             lazy_address=lazy[0] if lazy else "", lazy_port=lazy[1] if lazy else 0),
             timeout=self.req.timeout + 60)
@@ -858,27 +1022,49 @@ class Migration:
         assert self.work is not None
         recs = self.journal.records()
         opts: dict[str, Any] = next((r for r in reversed(recs) if r.get("kind") == "options"), {})
-        restore_here(self.work / "images", dict(opts.get("restore", {})), self.tree_pids, opts.get("inherit", []))
+        restore_here(self.work / "images", dict(opts.get("restore", {})), self.tree_pids, opts.get("inherit", []),
+                     opts.get("setup_ns", []))
 
 
 def restore_here(images: Path, restore: dict[str, Any], tree: list[int],
-                 inherit: list[dict[str, str]] | None = None) -> int:
-    """Restore a released tree back on this host from its kept images (sequential rollback)."""
-    from ctconsole.criu.client import CriuClient
-    from ctconsole.migrate.agent import open_inherited
+                 inherit: list[dict[str, Any]] | None = None, setup_ns: list[dict[str, Any]] | None = None) -> int:
+    """Restore a released tree back on this host from its kept images (sequential rollback).
+
+    The rules' inherited fds and VF moves are provided here exactly as the
+    agent would on the destination (the same helpers), so a rolled-back
+    container gets its sockets, files and devices back.
+    """
+    from ctconsole.migrate.agent import open_inherited, setup_namespaces
+
+    actions = [agent_pb2.SetupNsAction(**a) for a in setup_ns or []]
+
+    def on_notify(note: Any) -> bool:
+        if note.script == "setup-namespaces" and actions:
+            setup_namespaces(actions, int(note.pid or 0))
+        return True
 
     for pid in tree:
         _wait_gone(pid, 20.0)
     for name in ("restore.log", "stats-restore"):
         with contextlib.suppress(OSError):
             (images / name).unlink()
-    fds = open_inherited([(i["key"], i["how"], i["path"]) for i in inherit or []])
+    from ctconsole.migrate import pipes
+    from ctconsole.migrate.keeper import KeeperError, restore_with_parent
+
+    fds = open_inherited([(i["key"], i["how"], i["path"], str(i.get("mode", "")), int(i.get("perm", -1)))
+                          for i in inherit or [] if i["how"] != pipes.HOW])
+    relays: list[tuple[str, str, int]] = []
     try:
-        res = CriuClient(timeout=120).restore(dict(restore), images, inherit_fds=fds)
+        ends, relays = pipes.open_relays([(i["key"], str(i.get("mode", ""))) for i in inherit or []
+                                          if i["how"] == pipes.HOW])
+        fds.update(ends)
+        # through a keeper, like the agent: it stays the root's parent (parent-death signals)
+        res = restore_with_parent(dict(restore), images, fds, relays, images.parent.name, timeout=120,
+                                  on_note=lambda script, pid: on_notify(SimpleNamespace(script=script, pid=pid)))
+    except KeeperError as exc:
+        raise CtError(exc.message, exc.details) from exc
     finally:
-        for fd in fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        pipes.close_all([*fds.values(), *(fd for _, _, fd in relays)])
     return res.pid
 
 
@@ -1027,7 +1213,7 @@ def recover_one(journal: Journal) -> str:
             with contextlib.suppress(CtError):
                 agent_call("abort", agent_pb2.AbortRequest(migration_id=mid))
             pid = restore_here(work / "images", dict(options.get("restore", {})), list(released.get("tree", [])),
-                               options.get("inherit", []))
+                               options.get("inherit", []), options.get("setup_ns", []))
             msg, result = f"recovered: restored here from the kept images as pid {pid}", "rolled-back"
         elif source_alive:
             with contextlib.suppress(CtError):

@@ -96,6 +96,56 @@ class PreflightReply(_message.Message):
     problems: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, ok: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class HostProbeRequest(_message.Message):
+    __slots__ = ("criu_check", "cpuinfo_img", "images_space", "paths", "links")
+    CRIU_CHECK_FIELD_NUMBER: _ClassVar[int]
+    CPUINFO_IMG_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_SPACE_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    criu_check: bool
+    cpuinfo_img: bytes
+    images_space: bool
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    links: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, criu_check: _Optional[bool] = ..., cpuinfo_img: _Optional[bytes] = ..., images_space: _Optional[bool] = ..., paths: _Optional[_Iterable[str]] = ..., links: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PathInfo(_message.Message):
+    __slots__ = ("path", "kind")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    kind: str
+    def __init__(self, path: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class LinkInfo(_message.Message):
+    __slots__ = ("name", "kind")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class HostProbeReply(_message.Message):
+    __slots__ = ("criu_check_ok", "criu_check_detail", "cpuinfo_ok", "cpuinfo_detail", "images_dir", "images_free", "paths", "links")
+    CRIU_CHECK_OK_FIELD_NUMBER: _ClassVar[int]
+    CRIU_CHECK_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CPUINFO_OK_FIELD_NUMBER: _ClassVar[int]
+    CPUINFO_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_DIR_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FREE_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    criu_check_ok: bool
+    criu_check_detail: str
+    cpuinfo_ok: bool
+    cpuinfo_detail: str
+    images_dir: str
+    images_free: int
+    paths: _containers.RepeatedCompositeFieldContainer[PathInfo]
+    links: _containers.RepeatedCompositeFieldContainer[LinkInfo]
+    def __init__(self, criu_check_ok: _Optional[bool] = ..., criu_check_detail: _Optional[str] = ..., cpuinfo_ok: _Optional[bool] = ..., cpuinfo_detail: _Optional[str] = ..., images_dir: _Optional[str] = ..., images_free: _Optional[int] = ..., paths: _Optional[_Iterable[_Union[PathInfo, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkInfo, _Mapping]]] = ...) -> None: ...
+
 class PrepareRequest(_message.Message):
     __slots__ = ("migration_id", "page_server", "page_server_address")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -119,16 +169,18 @@ class PrepareReply(_message.Message):
     def __init__(self, images_dir: _Optional[str] = ..., page_server_address: _Optional[str] = ..., page_server_port: _Optional[int] = ..., page_server_pid: _Optional[int] = ...) -> None: ...
 
 class FileChunk(_message.Message):
-    __slots__ = ("name", "offset", "data", "last")
+    __slots__ = ("name", "offset", "data", "last", "round")
     NAME_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     name: str
     offset: int
     data: bytes
     last: bool
-    def __init__(self, name: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+    round: int
+    def __init__(self, name: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., round: _Optional[int] = ...) -> None: ...
 
 class FileAck(_message.Message):
     __slots__ = ("name", "size")
@@ -139,17 +191,45 @@ class FileAck(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class InheritFd(_message.Message):
-    __slots__ = ("key", "how", "path")
+    __slots__ = ("key", "how", "path", "mode", "perm")
     KEY_FIELD_NUMBER: _ClassVar[int]
     HOW_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PERM_FIELD_NUMBER: _ClassVar[int]
     key: str
     how: str
     path: str
-    def __init__(self, key: _Optional[str] = ..., how: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+    mode: str
+    perm: int
+    def __init__(self, key: _Optional[str] = ..., how: _Optional[str] = ..., path: _Optional[str] = ..., mode: _Optional[str] = ..., perm: _Optional[int] = ...) -> None: ...
+
+class RoundRequest(_message.Message):
+    __slots__ = ("round", "parent", "page_server", "page_server_address")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SERVER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SERVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    parent: int
+    page_server: bool
+    page_server_address: str
+    def __init__(self, round: _Optional[int] = ..., parent: _Optional[int] = ..., page_server: _Optional[bool] = ..., page_server_address: _Optional[str] = ...) -> None: ...
+
+class RoundReply(_message.Message):
+    __slots__ = ("images_dir", "page_server_address", "page_server_port", "page_server_pid")
+    IMAGES_DIR_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SERVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SERVER_PORT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SERVER_PID_FIELD_NUMBER: _ClassVar[int]
+    images_dir: str
+    page_server_address: str
+    page_server_port: int
+    page_server_pid: int
+    def __init__(self, images_dir: _Optional[str] = ..., page_server_address: _Optional[str] = ..., page_server_port: _Optional[int] = ..., page_server_pid: _Optional[int] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("options_json", "probe_argv", "probe_timeout", "timeout", "page_server_wait", "inherit", "lazy", "lazy_address", "lazy_port", "hold")
+    __slots__ = ("options_json", "probe_argv", "probe_timeout", "timeout", "page_server_wait", "inherit", "lazy", "lazy_address", "lazy_port", "hold", "setup_ns")
     OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     PROBE_ARGV_FIELD_NUMBER: _ClassVar[int]
     PROBE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +240,7 @@ class RestoreRequest(_message.Message):
     LAZY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LAZY_PORT_FIELD_NUMBER: _ClassVar[int]
     HOLD_FIELD_NUMBER: _ClassVar[int]
+    SETUP_NS_FIELD_NUMBER: _ClassVar[int]
     options_json: str
     probe_argv: _containers.RepeatedScalarFieldContainer[str]
     probe_timeout: float
@@ -170,7 +251,22 @@ class RestoreRequest(_message.Message):
     lazy_address: str
     lazy_port: int
     hold: bool
-    def __init__(self, options_json: _Optional[str] = ..., probe_argv: _Optional[_Iterable[str]] = ..., probe_timeout: _Optional[float] = ..., timeout: _Optional[float] = ..., page_server_wait: _Optional[float] = ..., inherit: _Optional[_Iterable[_Union[InheritFd, _Mapping]]] = ..., lazy: _Optional[bool] = ..., lazy_address: _Optional[str] = ..., lazy_port: _Optional[int] = ..., hold: _Optional[bool] = ...) -> None: ...
+    setup_ns: _containers.RepeatedCompositeFieldContainer[SetupNsAction]
+    def __init__(self, options_json: _Optional[str] = ..., probe_argv: _Optional[_Iterable[str]] = ..., probe_timeout: _Optional[float] = ..., timeout: _Optional[float] = ..., page_server_wait: _Optional[float] = ..., inherit: _Optional[_Iterable[_Union[InheritFd, _Mapping]]] = ..., lazy: _Optional[bool] = ..., lazy_address: _Optional[str] = ..., lazy_port: _Optional[int] = ..., hold: _Optional[bool] = ..., setup_ns: _Optional[_Iterable[_Union[SetupNsAction, _Mapping]]] = ...) -> None: ...
+
+class SetupNsAction(_message.Message):
+    __slots__ = ("action", "interface", "pf", "vfs", "any_vf")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    PF_FIELD_NUMBER: _ClassVar[int]
+    VFS_FIELD_NUMBER: _ClassVar[int]
+    ANY_VF_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    interface: str
+    pf: str
+    vfs: _containers.RepeatedScalarFieldContainer[int]
+    any_vf: bool
+    def __init__(self, action: _Optional[str] = ..., interface: _Optional[str] = ..., pf: _Optional[str] = ..., vfs: _Optional[_Iterable[int]] = ..., any_vf: _Optional[bool] = ...) -> None: ...
 
 class RestoreReply(_message.Message):
     __slots__ = ("pid", "stats_restore", "elapsed", "console_socket", "probe_output", "lazy")
@@ -251,7 +347,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., details: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("id", "hello", "inventory", "check", "preflight", "prepare", "file", "restore", "commit", "status", "abort", "bye")
+    __slots__ = ("id", "hello", "inventory", "check", "preflight", "prepare", "file", "restore", "commit", "status", "abort", "bye", "host_probe", "round")
     ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +360,8 @@ class Request(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
     BYE_FIELD_NUMBER: _ClassVar[int]
+    HOST_PROBE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     id: int
     hello: Hello
     inventory: InventoryRequest
@@ -276,10 +374,12 @@ class Request(_message.Message):
     status: StatusRequest
     abort: AbortRequest
     bye: ByeRequest
-    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[InventoryRequest, _Mapping]] = ..., check: _Optional[_Union[CheckRequest, _Mapping]] = ..., preflight: _Optional[_Union[PreflightRequest, _Mapping]] = ..., prepare: _Optional[_Union[PrepareRequest, _Mapping]] = ..., file: _Optional[_Union[FileChunk, _Mapping]] = ..., restore: _Optional[_Union[RestoreRequest, _Mapping]] = ..., commit: _Optional[_Union[CommitRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., abort: _Optional[_Union[AbortRequest, _Mapping]] = ..., bye: _Optional[_Union[ByeRequest, _Mapping]] = ...) -> None: ...
+    host_probe: HostProbeRequest
+    round: RoundRequest
+    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[InventoryRequest, _Mapping]] = ..., check: _Optional[_Union[CheckRequest, _Mapping]] = ..., preflight: _Optional[_Union[PreflightRequest, _Mapping]] = ..., prepare: _Optional[_Union[PrepareRequest, _Mapping]] = ..., file: _Optional[_Union[FileChunk, _Mapping]] = ..., restore: _Optional[_Union[RestoreRequest, _Mapping]] = ..., commit: _Optional[_Union[CommitRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., abort: _Optional[_Union[AbortRequest, _Mapping]] = ..., bye: _Optional[_Union[ByeRequest, _Mapping]] = ..., host_probe: _Optional[_Union[HostProbeRequest, _Mapping]] = ..., round: _Optional[_Union[RoundRequest, _Mapping]] = ...) -> None: ...
 
 class Reply(_message.Message):
-    __slots__ = ("id", "hello", "inventory", "check", "preflight", "prepare", "file", "restore", "commit", "status", "abort", "bye", "error")
+    __slots__ = ("id", "hello", "inventory", "check", "preflight", "prepare", "file", "restore", "commit", "status", "abort", "bye", "host_probe", "round", "error")
     ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
@@ -292,6 +392,8 @@ class Reply(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
     BYE_FIELD_NUMBER: _ClassVar[int]
+    HOST_PROBE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     id: int
     hello: HelloReply
@@ -305,5 +407,7 @@ class Reply(_message.Message):
     status: StatusReply
     abort: AbortReply
     bye: ByeReply
+    host_probe: HostProbeReply
+    round: RoundReply
     error: Error
-    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[HelloReply, _Mapping]] = ..., inventory: _Optional[_Union[InventoryReply, _Mapping]] = ..., check: _Optional[_Union[CheckReply, _Mapping]] = ..., preflight: _Optional[_Union[PreflightReply, _Mapping]] = ..., prepare: _Optional[_Union[PrepareReply, _Mapping]] = ..., file: _Optional[_Union[FileAck, _Mapping]] = ..., restore: _Optional[_Union[RestoreReply, _Mapping]] = ..., commit: _Optional[_Union[CommitReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ..., abort: _Optional[_Union[AbortReply, _Mapping]] = ..., bye: _Optional[_Union[ByeReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[HelloReply, _Mapping]] = ..., inventory: _Optional[_Union[InventoryReply, _Mapping]] = ..., check: _Optional[_Union[CheckReply, _Mapping]] = ..., preflight: _Optional[_Union[PreflightReply, _Mapping]] = ..., prepare: _Optional[_Union[PrepareReply, _Mapping]] = ..., file: _Optional[_Union[FileAck, _Mapping]] = ..., restore: _Optional[_Union[RestoreReply, _Mapping]] = ..., commit: _Optional[_Union[CommitReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ..., abort: _Optional[_Union[AbortReply, _Mapping]] = ..., bye: _Optional[_Union[ByeReply, _Mapping]] = ..., host_probe: _Optional[_Union[HostProbeReply, _Mapping]] = ..., round: _Optional[_Union[RoundReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
