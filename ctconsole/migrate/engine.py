@@ -725,10 +725,13 @@ class Migration:
                 raise Refusal("post-copy is not usable on the destination: " + hello.lazy_selftest_reason)
             return "post-copy"
         if want == "auto":
-            why = ("no soft-dirty tracking for pre-copy" if not mem_track
-                   else "pre-copy only on request: --strategy pre-copy")
-            self.info(f"auto: stop-copy ({why}; post-copy is never chosen automatically: the restored "
-                      "tree runs before its memory has arrived, so a failed transfer leaves two copies that ran)")
+            post = ("post-copy is never chosen automatically: the restored tree runs before its memory has "
+                    "arrived, so a failed transfer leaves two copies that ran")
+            if mem_track:
+                # both hosts track dirty pages: copy memory while the source runs, freeze only for the rest
+                self.info(f"auto: pre-copy (both hosts have soft-dirty tracking; {post})")
+                return "pre-copy"
+            self.info(f"auto: stop-copy (no soft-dirty tracking for pre-copy; {post})")
         return "stop-copy"
 
     # -- perform helpers ---------------------------------------------------------------------
