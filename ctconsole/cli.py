@@ -22,7 +22,7 @@ COMMAND_MODULES = (
     "ctconsole.commands.inventory",  # list, show
     "ctconsole.commands.check",  # check
     "ctconsole.commands.rules",  # rules validate|compile|suggest
-    "ctconsole.commands.migrate",  # migrate, agent, history, console
+    "ctconsole.commands.migrate",  # migrate, agent, history, keepers, console
     "ctconsole.commands.lab",  # lab up|down|status|host
     "ctconsole.commands.doctor",  # doctor
 )

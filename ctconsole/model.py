@@ -270,3 +270,40 @@ def json_default(obj: Any) -> Any:
             if ext.holder:
                 out["holder"] = ext.holder
     return out
+
+
+def _decode(tp: Any, value: Any) -> Any:
+    """One field's value from its JSON form, guided by the field's type."""
+    import typing
+
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        return tuple(_decode(inner, v) for v in value or ())
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)
+    return value
+
+
+def from_dict(cls: type[Any], data: dict[str, Any]) -> Any:
+    """The inverse of :func:`to_dict` for a model class (``from_dict(Container, d)``).
+
+    Why: the agent sends a remote host's inventory as ``to_dict`` JSON and the
+    console renders model objects. Unknown keys are ignored and missing ones
+    take the field's default, so an agent one version apart still decodes.
+    """
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "external":
+            if data.get("external"):
+                kwargs["external"] = External(
+                    str(data.get("reason", "")), str(data.get("remedy", "")), str(data.get("holder", ""))
+                )
+            continue
+        if f.name in data:
+            kwargs[f.name] = _decode(hints[f.name], data[f.name])
+    return cls(**kwargs)

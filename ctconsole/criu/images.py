@@ -122,3 +122,80 @@ def encode_stats(entry: stats_pb2.stats_entry) -> bytes:
     """The inverse of :func:`parse_stats` (used by tests and the agent when relaying stats)."""
     body = entry.SerializeToString()
     return struct.pack("=III", IMG_SERVICE_MAGIC, STATS_MAGIC, len(body)) + body
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        if i >= len(data):
+            raise ImageError("truncated varint in a core image")
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def _fields(data: bytes) -> dict[int, list[int | bytes]]:
+    """Raw protobuf wire fields (varint and length-delimited; fixed ones skipped)."""
+    out: dict[int, list[int | bytes]] = {}
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            v, i = _varint(data, i)
+            out.setdefault(num, []).append(v)
+        elif wire == 2:
+            n, i = _varint(data, i)
+            out.setdefault(num, []).append(data[i : i + n])
+            i += n
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:
+            raise ImageError(f"unexpected wire type {wire} in a core image")
+    return out
+
+
+def core_pdeath_sig(path: str | Path) -> int:
+    """The parent-death signal CRIU recorded for a task (``core-PID.img``), 0 when none.
+
+    Why read it from the image: the kernel shows a task's ``PR_SET_PDEATHSIG``
+    nowhere in /proc (only ``prctl(PR_GET_PDEATHSIG)`` in the task itself);
+    CRIU fetches it with its parasite and stores it in
+    ``core_entry.thread_core(5).pdeath_sig(8)`` (images/core.proto), and
+    restores it. A root with one dies when its parent exits (keeper.py).
+    Decoded by hand: ctconsole does not ship CRIU's core.proto stubs.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) < 12 or struct.unpack_from("=I", data, 0)[0] != IMG_COMMON_MAGIC:
+        raise ImageError(f"{path} is not a CRIU image")
+    (size,) = struct.unpack_from("=I", data, 8)
+    core = _fields(data[12 : 12 + size])
+    for tc in core.get(5, []):
+        if isinstance(tc, bytes):
+            sig = _fields(tc).get(8, [0])[0]
+            return sig if isinstance(sig, int) else 0
+    return 0
+
+
+def root_pdeath_sig(images_dir: str | Path) -> int:
+    """The root task's parent-death signal in a dump (0 when none); the root is pstree.img's first entry."""
+    d = Path(images_dir)
+    try:
+        data = (d / "pstree.img").read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read {d / 'pstree.img'}: {exc.strerror}") from exc
+    if len(data) < 12:
+        raise ImageError(f"{d / 'pstree.img'} is truncated")
+    (size,) = struct.unpack_from("=I", data, 8)
+    pid = _fields(data[12 : 12 + size]).get(1, [0])[0]
+    if not isinstance(pid, int) or pid <= 0:
+        raise ImageError(f"{d / 'pstree.img'} names no root task")
+    return core_pdeath_sig(d / f"core-{pid}.img")

@@ -15,36 +15,15 @@ from collections.abc import Iterator
 
 from ctconsole.feasibility.catalogue import Context, rule
 from ctconsole.feasibility.findings import AUTO, BLOCKER, INFO, NEEDS_RULE, Finding
+from ctconsole.inventory.mounts import AUTO_FS
 from ctconsole.model import FdRef, Mount, Socket, Tty
 
 DEFAULT_GHOST_LIMIT = 1 << 20  # CRIU's DEFAULT_GHOST_LIMIT (1 MiB of allocated blocks)
 MIB = 1 << 20
 
-# Filesystems CRIU recreates itself when mounted at their fs root (mount.c fstypes[]).
-KNOWN_FS = frozenset(
-    [
-        "proc",
-        "sysfs",
-        "devtmpfs",
-        "binfmt_misc",
-        "tmpfs",
-        "devpts",
-        "simfs",
-        "pstore",
-        "mqueue",
-        "securityfs",
-        "fusectl",
-        "debugfs",
-        "tracefs",
-        "cgroup",
-        "cgroup2",
-        "aufs",
-        "overlay",
-        "autofs",
-        "bpf",
-        "nsfs",
-    ]
-)
+# Filesystems CRIU recreates itself when mounted at their fs root (mount.c fstypes[]): one list,
+# shared with the inventory that marks the other mounts external.
+KNOWN_FS = AUTO_FS
 # Link kinds net.c dumps natively (others: "Unsupported link").
 NATIVE_LINKS = frozenset({"loopback", "veth", "macvlan", "tun", "tap", "bridge", "sit", "venet"})
 # Fallback devices CRIU skips by name.

@@ -8,16 +8,21 @@ be deterministic, the real one otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from textual import events
 from textual.app import App
+from textual.screen import Screen
 from textual.theme import Theme
+from textual.widget import AwaitMount
 
 from ctconsole.errors import CtError
 from ctconsole.ui import keymap
-from ctconsole.ui.backend import Backend, Report, make_backend
+from ctconsole.ui.backend import LOCAL_HOST, Backend, Report, make_backend
 from ctconsole.ui.commands import ActionsProvider
 from ctconsole.ui.theming import (
     DEFAULT_THEME,
@@ -55,7 +60,7 @@ class CtConsoleApp(App[int]):
         self.refresh_interval = refresh_interval
         self.remember = remember
         self.theme_dirs = theme_dirs
-        self.reports: dict[str, Report] = {}  # container id -> last report (table badges)
+        self.reports: dict[str, Report] = {}  # report_key(host, id) -> last report (table badges)
         self.theme_errors: list[str] = []
         self.keymap_warnings: list[str] = []
         self.shipped_themes: list[str] = []
@@ -115,11 +120,69 @@ class CtConsoleApp(App[int]):
         except OSError as exc:
             self.notify(f"could not save the theme choice: {exc.strerror}", severity="warning", markup=False)
 
+    @staticmethod
+    def report_key(host: str, container_id: str) -> str:
+        """Key of a container's last report: its id here, ``host id`` elsewhere.
+
+        Why the host: a ``netns:`` host shares this host's /proc, so the same
+        container (same id) is listed on both and checked against different
+        CRIUs; each badge must show its own host's verdict.
+        """
+        return container_id if host == LOCAL_HOST else f"{host} {container_id}"
+
+    # ------------------------------------------------------------- shutdown
+    @property
+    def exiting(self) -> bool:
+        """True once ``exit()`` was called (``q``, ``ctrl+q``): the app is tearing its screens down."""
+        return bool(self._exit)
+
+    async def on_event(self, event: events.Event) -> None:
+        """Drop keys and clicks that arrive after ``exit()``.
+
+        Why: a terminal delivers ``q`` and the next key in the same read, so the
+        second key's action (open a screen, start a check) used to run while
+        Textual was already removing the widgets; the new screen's ``on_mount``
+        then found nothing to query and Textual printed a traceback on exit.
+        """
+        if self.exiting and isinstance(event, events.InputEvent):
+            return
+        await super().on_event(event)
+
+    def push_screen(
+        self,
+        screen: Screen[Any] | str,
+        callback: Any = None,
+        wait_for_dismiss: bool = False,
+        *,
+        mode: str | None = None,
+    ) -> Any:
+        """``App.push_screen``, refused (silently) once the app is exiting.
+
+        Why here too: a worker finishing during shutdown (a scan error, a
+        report) may still push an error panel or a screen; mounting it on a
+        dying app is what raised. The caller gets an awaitable that does nothing.
+        """
+        if self.exiting:
+            if wait_for_dismiss:
+                future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                future.cancel()
+                return future
+            return AwaitMount(self.screen, [])
+        if wait_for_dismiss:
+            return super().push_screen(screen, callback, wait_for_dismiss=True, mode=mode)
+        return super().push_screen(screen, callback, mode=mode)
+
+    def on_unmount(self) -> None:
+        """Close what the backend keeps open (agent channels to ``--host`` hosts)."""
+        self.backend.close()
+
     # ------------------------------------------------------------- errors
     def show_error(self, exc: BaseException, title: str = "Error") -> None:
         """Show an error as the operator should see it: a panel with CRIU's lines, or a notification."""
         from ctconsole.ui.screens.modals import ErrorScreen
 
+        if self.exiting:
+            return
         if isinstance(exc, CtError):
             if exc.details:
                 self.push_screen(ErrorScreen(title, exc.message, exc.details))

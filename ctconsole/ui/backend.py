@@ -28,10 +28,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from ctconsole.errors import CtError
 from ctconsole.model import Container
+
+if TYPE_CHECKING:
+    from ctconsole.ui.remote import RemoteHost
 
 LOCAL_HOST = "local"
 
@@ -532,8 +535,18 @@ class Backend(ABC):
         """One container, fully inventoried."""
 
     @abstractmethod
-    def check(self, ref: str, dest: str | None = None, rules: Sequence[Rule] | None = None) -> Report:
-        """Feasibility report (with the compiled options that will be sent)."""
+    def check(
+        self, ref: str, dest: str | None = None, rules: Sequence[Rule] | None = None, host: str = LOCAL_HOST
+    ) -> Report:
+        """Feasibility report (with the compiled options that will be sent), computed on ``host``."""
+
+    def is_remote(self, host: str) -> bool:
+        """Whether ``host`` is another machine (or namespace) reached through its agent.
+
+        Why the screens ask: rules, previews and migrations run where the
+        source container is; the console can only start them for ``local``.
+        """
+        return host != LOCAL_HOST
 
     def rule_kinds(self) -> tuple[RuleKind, ...]:
         """The kinds of rules the editor offers."""
@@ -600,6 +613,9 @@ class Backend(ABC):
         except Exception:
             return None
         return res if res is not None else _fallback_explain(line)
+
+    def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing open
+        """Release what the backend holds open (agent channels); called when the console exits."""
 
     def default_log(self) -> str:
         """The log the troubleshooting screen opens first ("" when none)."""
@@ -668,19 +684,56 @@ class RealBackend(Backend):
     def __init__(self) -> None:
         self._cache: dict[str, Container] = {}
         self._lock = threading.Lock()
+        self._remotes: dict[str, RemoteHost] = {}
+        self._remote_cache: dict[str, dict[str, Container]] = {}
 
     def hosts(self, requested: Sequence[str]) -> list[str]:
         out = [LOCAL_HOST]
         out.extend(h for h in requested if h not in out)
         return out
 
+    # ------------------------------------------------------------ remote hosts
+    def remote(self, host: str) -> RemoteHost:
+        """The agent channel of ``host``, created on first use and kept for the session.
+
+        A malformed ``--host`` raises UsageError here (shown for that host only),
+        so one typo does not keep the console from starting.
+        """
+        from ctconsole.ui.remote import RemoteHost  # protobuf and the channel only when a --host is used
+
+        with self._lock:
+            r = self._remotes.get(host)
+            if r is None:
+                r = self._remotes[host] = RemoteHost(host)
+            return r
+
+    def close(self) -> None:
+        with self._lock:
+            remotes, self._remotes = list(self._remotes.values()), {}
+        for r in remotes:
+            with contextlib.suppress(Exception):  # exiting: a dead agent must not make it noisy
+                r.close()
+
+    def _remote_list(self, host: str) -> list[Container]:
+        found = self.remote(host).inventory()
+        with self._lock:
+            self._remote_cache[host] = {c.id: c for c in found}
+        return found
+
+    def _remote_container(self, ref: str, host: str) -> Container:
+        with self._lock:
+            known = self._remote_cache.get(host, {})
+            c = known.get(ref) or next((x for x in known.values() if x.name == ref), None)
+        if c is None:
+            c = next((x for x in self._remote_list(host) if ref in (x.id, x.name)), None)
+        if c is None:
+            raise CtError(f"no container {ref!r} on {host} (it may have stopped; r rescans)")
+        return c
+
     # ------------------------------------------------------------ inventory
     def list_containers(self, host: str = LOCAL_HOST) -> list[Container]:
-        if host != LOCAL_HOST:
-            raise CtError(
-                f"listing containers on {host} needs the agent channel",
-                ["Remote inventory is not wired in the console yet; run `ctconsole list` on that host."],
-            )
+        if self.is_remote(host):
+            return self._remote_list(host)
         inv = _core("ctconsole.inventory", "the inventory")
         scan = _first(inv, ("scan",), "inventory")
         try:
@@ -692,6 +745,8 @@ class RealBackend(Backend):
         return found
 
     def container_detail(self, ref: str, host: str = LOCAL_HOST) -> Container:
+        if self.is_remote(host):
+            return self._remote_container(ref, host)  # the agent's inventory is already a full one
         inv = _core("ctconsole.inventory", "the inventory")
         with self._lock:
             known = self._cache.get(ref)
@@ -710,7 +765,13 @@ class RealBackend(Backend):
         return c or self.container_detail(ref)
 
     # ------------------------------------------------------------ feasibility
-    def check(self, ref: str, dest: str | None = None, rules: Sequence[Rule] | None = None) -> Report:
+    def check(
+        self, ref: str, dest: str | None = None, rules: Sequence[Rule] | None = None, host: str = LOCAL_HOST
+    ) -> Report:
+        if self.is_remote(host):
+            # the agent checks with that host's own rules and CRIU: ``dest``/``rules`` are the local side's
+            cid = self._remote_container(ref, host).id
+            return self._adapt_report(cid, self.remote(host).check(cid))
         feas = _core("ctconsole.feasibility", "the feasibility checker")
         container = self._container(ref)
         compiled = self._core_rules(rules) if rules else None

@@ -304,7 +304,9 @@ class FakeBackend(Backend):
                 return c
         raise NotFound(f"no container matches {ref!r}")
 
-    def check(self, ref: str, dest: str | None = None, rules: Sequence[Rule] | None = None) -> Report:
+    def check(
+        self, ref: str, dest: str | None = None, rules: Sequence[Rule] | None = None, host: str = LOCAL_HOST
+    ) -> Report:
         self.calls.append(f"check:{ref}")
         c = self.container_detail(ref)
         rules = list(rules) if rules is not None else self.load_rules(c.id)

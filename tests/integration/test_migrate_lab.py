@@ -9,6 +9,7 @@ the container is restarted fresh so the lab is left as it was found.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests import lab_fixtures
-from tests.integration.test_migrate_netns import CTCONSOLE, ROOT, ctenv, run_cli
+from tests.integration.test_migrate_netns import CTCONSOLE, ROOT, ctenv, journal_records, run_cli
 from tests.lab_fixtures import assert_continuous, container, fresh, read_counter, wait_ticks
 
 lab = lab_fixtures.lab
@@ -76,7 +77,7 @@ def labhost2(lab: Any) -> Iterator[Any]:
 
     h = hosts.add(HOST)
     yield h
-    for name in ("ctlab-lv", "ctlab-lxc"):
+    for name in ("ctlab-lv", "ctlab-lxc", "ctlab-runc"):
         fresh(name)
     hosts.delete(HOST)
 
@@ -120,18 +121,84 @@ def test_lab_libvirt_lxc_with_console(tmp_path: Path, labhost2: Any) -> None:
     wait_ticks(container("ctlab-lv"), 3)  # closing our duplicate does not hang it up
 
 
-def test_lab_lxc_failure_keeps_source(tmp_path: Path, labhost2: Any) -> None:
-    """LXC: the restored init dies at once on this host (LXC's parent-death signal, suspected);
-    the handover notices before acknowledging, and CRIU resumes the source: still exactly one."""
-    c = fresh("ctlab-lxc")
+def _proc_alive(pid: int, started: int = 0) -> bool:
+    from ctconsole.migrate.agent import proc_state, start_time
+
+    return proc_state(pid) not in ("", "Z", "X") and (not started or start_time(pid) == started)
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _migrate_runtime(name: str, tmp_path: Path, host: Any, extra_rules: str = "") -> tuple[Any, Any, dict[str, Any]]:
+    """Migrate a lab container to ``host``; check what every runtime must give (see the asserts)."""
+    from ctconsole.migrate.agent import start_time
+
+    c = fresh(name)
     wait_ticks(c, 3)
-    rules = _suggest("ctlab-lxc", tmp_path, '  [[container.rule]]\n  kind = "cgroup"\n  root = "/ctmig-lxc"\n')
-    _rc, events, _ = run_cli(["migrate", "ctlab-lxc", "--to", f"netns:{labhost2.netns}", "--rules", str(rules),
-                             "--source-netns", labhost2.src_netns, "--json"], ctenv(tmp_path))
-    result = events[-1]["result"]
-    assert result in ("migrated", "rolled-back"), events[-1]
-    c2 = container("ctlab-lxc")
-    wait_ticks(c2, 5)
+    assert c.init is not None
+    src_pid, src_start = c.init.pid, start_time(c.init.pid)
+    rules = _suggest(name, tmp_path, extra_rules)
+    env = ctenv(tmp_path)
+    rc, events, err = run_cli(["migrate", name, "--to", f"netns:{host.netns}", "--rules", str(rules),
+                               "--source-netns", host.src_netns, "--json"], env)
+    assert events and events[-1]["result"] == "migrated", (events[-1:], err[-2000:])
+    assert rc == 0
+    done = events[-1]["details"]
+    # the source is gone (not merely stopped)
+    assert not _proc_alive(src_pid, src_start)
+    c2 = container(name)
+    assert c2.init is not None and c2.init.pid == done["restored_pid"] != src_pid
+    # the agent session is over (the CLI returned, the agent process is gone), yet the tree keeps
+    # running for seconds: its parent is the keeper (a parent-death signal would fire otherwise)
+    agent = next(r for r in journal_records(tmp_path) if r.get("kind") == "agent")["agent_pid"]
+    end = time.monotonic() + 10
+    while time.monotonic() < end and _proc_alive(agent):
+        time.sleep(0.05)
+    assert not _proc_alive(agent)
+    wait_ticks(c2, 30, timeout=15)
+    assert _proc_alive(c2.init.pid)
+    ticks = read_counter(c2)
+    assert_continuous(ticks)
+    keeper = _ppid(c2.init.pid)
+    assert "ctconsole.migrate.keeper" in Path(f"/proc/{keeper}/cmdline").read_text()
+    out = subprocess.run([*CTCONSOLE, "keepers", "--json"], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=60, check=True).stdout
+    recs = [json.loads(x) for x in out.splitlines() if x.strip()]
+    rec = next(r for r in recs if r["root"] == c2.init.pid)
+    assert rec["keeper"] == keeper and rec["root_running"] and rec["migration_id"] == done["id"]
+    return c2, rec, env
+
+
+def test_lab_lxc_container_to_lab_host(tmp_path: Path, labhost2: Any) -> None:
+    """LXC sets PR_SET_PDEATHSIG=SIGKILL on the container init and CRIU restores it: a restore whose
+    parent exits (the criu swrk worker) kills the init at once. The keeper restores with rst_sibling
+    and stays the parent; the counter continues on the destination without gap or repeat."""
+    c2, _rec, _env = _migrate_runtime(
+        "ctlab-lxc", tmp_path, labhost2, '  [[container.rule]]\n  kind = "cgroup"\n  root = "/ctmig-lxc"\n')
+    link = subprocess.run(["ip", "-n", labhost2.netns, "-o", "link", "show", "master", "ctlab0"],
+                          capture_output=True, text=True).stdout
+    assert "vctlab-lxc" in link, link
+    wait_ticks(c2, 10)
     assert_continuous(read_counter(c2))
-    if result == "rolled-back":
-        assert c2.init is not None and c.init is not None and c2.init.pid == c.init.pid
+
+
+def test_lab_runc_container_to_lab_host(tmp_path: Path, labhost2: Any) -> None:
+    """runc: stdio are pipes whose other ends a process outside holds. The destination makes new
+    pipes (inherit_fd pipe:[INO]); the keeper logs what the container writes to them."""
+    c2, rec, _env = _migrate_runtime("ctlab-runc", tmp_path, labhost2)
+    assert c2.init is not None
+    assert len(rec["pipes"]) == 2 and rec["logs"], rec
+    for fd in (1, 2):
+        assert Path(f"/proc/{c2.init.pid}/fd/{fd}").resolve(strict=False).name.startswith("pipe:")
+    # what the container writes to stdout reaches the keeper's log (no SIGPIPE, nothing lost)
+    with open(f"/proc/{c2.init.pid}/fd/1", "w") as out:
+        out.write("ctmig-stdout\n")
+    log = Path(rec["logs"][0])
+    end = time.monotonic() + 5
+    while time.monotonic() < end and "ctmig-stdout" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.05)
+    assert "ctmig-stdout" in log.read_text()
+    wait_ticks(c2, 10)
+    assert_continuous(read_counter(c2))

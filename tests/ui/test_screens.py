@@ -351,7 +351,7 @@ async def test_bad_theme_reported_once(make_app, tmp_path: Path) -> None:
 
 
 class ExplodingBackend(FakeBackend):
-    def check(self, ref, dest=None, rules=None) -> Report:
+    def check(self, ref, dest=None, rules=None, host="local") -> Report:
         raise CtError(
             "CRIU check failed",
             ["Error (criu/sk-unix.c:684): unix: External socket is used.", "add an external unix-socket rule"],

@@ -38,5 +38,24 @@ class BaseScreen(Screen[None]):
         """Default: show the error; screens override to also restore their state."""
         self.console.show_error(error, title=worker.name or "Error")
 
+    def refuse_remote(self, host: str, what: str) -> bool:
+        """True, after telling the operator why, when ``what`` cannot be done for a container on ``host``.
+
+        Why: rules, previews and migrations run on the source host (its CRIU
+        dumps the container); for a ``--host`` the console only has the agent,
+        which lists and checks. The message says what to do instead.
+        """
+        if not self.backend.is_remote(host):
+            return False
+        self.notify(
+            f"{what} runs on the container's own host, and this one is on {host}. "
+            f"Run ctconsole on {host} for that; from here, {host} can be a migration destination.",
+            title="Only for local containers",
+            severity="warning",
+            timeout=8,
+            markup=False,
+        )
+        return True
+
     def action_back(self) -> None:
         self.dismiss()

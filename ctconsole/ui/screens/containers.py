@@ -45,6 +45,7 @@ class ContainersScreen(BaseScreen):
         self._last_error = ""
         self._stale = False
         self.scans = 0
+        self._host_down: dict[str, bool] = {}  # host -> last scan failed (marked in the hosts list)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -89,6 +90,7 @@ class ContainersScreen(BaseScreen):
         self._timer = self.set_timer(interval, self.scan) if interval > 0 else None
 
     def on_containers_loaded(self, message: ContainersLoaded) -> None:
+        self._mark_host(message.host, down=False)
         if message.host != self.host:
             return  # a scan of the previous host finished after a switch
         self.scans += 1
@@ -105,12 +107,27 @@ class ContainersScreen(BaseScreen):
         self._rearm()
 
     def on_scan_failed(self, message: ScanFailed) -> None:
+        self._mark_host(message.host, down=True)
+        if message.host != self.host:
+            return
         text = str(message.error)
         if text != self._last_error:  # the same failure every 2 s is noise
             self._last_error = text
             self.console.show_error(message.error, title=f"Scanning {message.host}")
         self.query_one("#containers-status", Static).update(f"scan of {message.host} failed: {text}")
         self._rearm()
+
+    def _mark_host(self, host: str, down: bool) -> None:
+        """Show in the hosts list which host could not be scanned (so the operator sees it from any host)."""
+        if self._host_down.get(host, False) == down or len(self.console.hosts) < 2:
+            self._host_down[host] = down
+            return
+        self._host_down[host] = down
+        prompt: str | Text = host
+        if down:
+            prompt = Text(host)
+            prompt.append("\n✗ unreachable", style="bold red")
+        self.query_one("#hosts", OptionList).replace_option_prompt_at_index(self.console.hosts.index(host), prompt)
 
     def on_screen_resume(self) -> None:
         if self.containers:
@@ -135,7 +152,7 @@ class ContainersScreen(BaseScreen):
             "pid": plain(c.init_pid),
             "procs": plain(len(c.processes)),
             "ext": Text(str(n_ext), style="bold" if n_ext else "dim"),
-            "check": verdict_badge(self.app, reports.get(c.id)),
+            "check": verdict_badge(self.app, reports.get(self.console.report_key(self.host, c.id))),
         }
 
     def sync_table(self) -> None:
@@ -253,18 +270,18 @@ class ContainersScreen(BaseScreen):
         from ctconsole.ui.screens.report import ReportScreen
 
         if c := self.selected():
-            self.app.push_screen(ReportScreen(c))
+            self.app.push_screen(ReportScreen(c, host=self.host))
 
     def action_rules(self) -> None:
         from ctconsole.ui.screens.rules import RulesScreen
 
-        if c := self.selected():
+        if (c := self.selected()) and not self.refuse_remote(self.host, "Editing rules"):
             self.app.push_screen(RulesScreen(c))
 
     def action_migrate(self) -> None:
         from ctconsole.ui.screens.migrate import MigrateScreen
 
-        if c := self.selected():
+        if (c := self.selected()) and not self.refuse_remote(self.host, "Migrating"):
             self.app.push_screen(MigrateScreen(c))
 
     def action_quit(self) -> None:

@@ -270,14 +270,16 @@ class DetailScreen(BaseScreen):
     def action_check(self) -> None:
         from ctconsole.ui.screens.report import ReportScreen
 
-        self.app.push_screen(ReportScreen(self.container))
+        self.app.push_screen(ReportScreen(self.container, host=self.host))
 
     def action_rules(self) -> None:
         from ctconsole.ui.screens.rules import RulesScreen
 
-        self.app.push_screen(RulesScreen(self.container))
+        if not self.refuse_remote(self.host, "Editing rules"):
+            self.app.push_screen(RulesScreen(self.container))
 
     def action_migrate(self) -> None:
         from ctconsole.ui.screens.migrate import MigrateScreen
 
-        self.app.push_screen(MigrateScreen(self.container))
+        if not self.refuse_remote(self.host, "Migrating"):
+            self.app.push_screen(MigrateScreen(self.container))

@@ -19,7 +19,7 @@ from textual.worker import Worker
 
 from ctconsole.model import Container
 from ctconsole.ui import keymap
-from ctconsole.ui.backend import Finding, Report
+from ctconsole.ui.backend import LOCAL_HOST, Finding, Report
 from ctconsole.ui.messages import ReportReady
 from ctconsole.ui.screens.base import BaseScreen
 from ctconsole.ui.widgets.render import plain, severity_text, theme_color, verdict_badge
@@ -55,9 +55,10 @@ class ReportScreen(BaseScreen):
     SCOPE = "report"
     BINDINGS = keymap.bindings(SCOPE)
 
-    def __init__(self, container: Container, report: Report | None = None) -> None:
+    def __init__(self, container: Container, report: Report | None = None, host: str = LOCAL_HOST) -> None:
         super().__init__()
         self.container = container
+        self.host = host
         self.report = report
         self.rows: dict[str, Finding] = {}
 
@@ -76,6 +77,8 @@ class ReportScreen(BaseScreen):
 
     def on_mount(self) -> None:
         self.title = f"Feasibility: {self.container.name}"
+        if self.host != LOCAL_HOST:
+            self.sub_title = f"checked on {self.host}"
         self.query_one("#options-box").border_title = "CRIU options that will be used"
         self.query_one("#findings", DataTable).focus()
         if self.report is not None:
@@ -85,7 +88,7 @@ class ReportScreen(BaseScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="check")
     def run_check(self) -> None:
-        self.post_message(ReportReady(self.backend.check(self.container.id)))
+        self.post_message(ReportReady(self.backend.check(self.container.id, host=self.host)))
 
     def worker_failed(self, worker: Worker[object], error: BaseException) -> None:
         self.query_one("#verdict", Static).update(Text(f"check failed: {error}", style="bold"))
@@ -96,7 +99,7 @@ class ReportScreen(BaseScreen):
 
     def show(self, report: Report) -> None:
         self.report = report
-        self.console.reports[report.container_id] = report
+        self.console.reports[self.console.report_key(self.host, report.container_id)] = report
         counts = {sev: len(fs) for sev, fs in report.grouped()}
         head = Text()
         head.append("Verdict: ")
@@ -158,7 +161,8 @@ class ReportScreen(BaseScreen):
         if f is None or not f.rule_kind:
             self.notify("no rule kind fixes this finding", severity="warning", timeout=3, markup=False)
             return
-        self.app.push_screen(RulesScreen(self.container, prefill=(f.rule_kind, prefill_for(f))))
+        if not self.refuse_remote(self.host, "Editing rules"):
+            self.app.push_screen(RulesScreen(self.container, prefill=(f.rule_kind, prefill_for(f))))
 
     def action_recheck(self) -> None:
         self.query_one("#verdict", Static).update("checking…")
@@ -172,4 +176,5 @@ class ReportScreen(BaseScreen):
     def action_migrate(self) -> None:
         from ctconsole.ui.screens.migrate import MigrateScreen
 
-        self.app.push_screen(MigrateScreen(self.container))
+        if not self.refuse_remote(self.host, "Migrating"):
+            self.app.push_screen(MigrateScreen(self.container))
