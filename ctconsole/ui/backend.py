@@ -38,8 +38,9 @@ if TYPE_CHECKING:
 
 LOCAL_HOST = "local"
 
-# Severity order used to group findings, worst first.
-SEVERITIES = ("blocker", "error", "warning", "info")
+# Severity order used to group findings, worst first. The checker's own are blocker,
+# needs-rule, auto and info (ctconsole.feasibility.findings); error/warning are other cores'.
+SEVERITIES = ("blocker", "error", "needs-rule", "warning", "auto", "info")
 
 
 # --------------------------------------------------------------------- checks
@@ -439,7 +440,10 @@ def fold(state: MigrationState, ev: UiEvent) -> MigrationState:
             return state
         phases = ev.phases or state.phases
         if ev.phase not in phases:
-            phases = (*phases, ev.phase)
+            # a sub-phase the engine reports (transfer, restore...) goes right after the phase it
+            # runs in: appended, the timeline read "confirm, transfer, restore" on a real migration
+            at = phases.index(state.phase) + 1 if state.phase in phases and ev.phase != "rollback" else len(phases)
+            phases = (*phases[:at], ev.phase, *phases[at:])
         done = state.done_phases
         failed = state.failed_phase
         if ev.phase == "rollback":
@@ -991,7 +995,9 @@ class RealBackend(Backend):
             out.append(
                 HistoryEntry(
                     id=str(_get(s, "id", default=path.stem)),
-                    container=str(_get(s, "container", default="")),
+                    container=str(
+                        _get(s, "name", default="") or _journal_name(path) or _get(s, "container", default="")
+                    ),
                     dest=str(_get(s, "dest", default="")),
                     strategy=str(_get(s, "strategy", default="")),
                     started=time.strftime("%Y-%m-%d %H:%M", time.localtime(float(started))) if started else "",
@@ -1021,6 +1027,28 @@ class RealBackend(Backend):
             lines.append(f"{ts} {kind} " + " ".join(f"{k}={v}" for k, v in rest.items()))
             lines.extend(f"    {d}" for d in rec.get("details", []) or [])
         return lines
+
+
+def _journal_name(path: Path) -> str:
+    """The container's name from a journal's ``begin`` record (the summary only has its id).
+
+    Why: ids such as ``ns-4026532184`` mean nothing in the history list; the
+    name is in one of the first records, so only those are read.
+    """
+    import json
+
+    try:
+        with path.open() as fh:
+            for _ in range(5):
+                line = fh.readline()
+                if not line:
+                    break
+                rec = json.loads(line)
+                if isinstance(rec, dict) and rec.get("kind") == "begin":
+                    return str(rec.get("name", "") or "")
+    except (OSError, ValueError):
+        pass
+    return ""
 
 
 class _ThreadedRun:

@@ -45,8 +45,9 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("containers", "check", "c", "Check", "Run the feasibility check on the selected container"),
     ActionSpec("containers", "rules", "e", "Rules", "Edit the remap rules of the selected container"),
     ActionSpec("containers", "migrate", "m", "Migrate", "Migrate the selected container"),
-    ActionSpec("containers", "refresh", "r", "Refresh", "Rescan the host now"),
-    ActionSpec("containers", "next_host", "h", "Host", "Show the next host (with --host)", show=False),
+    # not in the footer: the list rescans by itself every 2 s, and at 80 columns the footer was cut
+    ActionSpec("containers", "refresh", "r", "Refresh", "Rescan the host now", show=False),
+    ActionSpec("containers", "next_host", "h", "Host", "Show the next host (with --host)"),
     ActionSpec("containers", "quit", "q", "Quit", "Leave the console"),
     # container detail
     ActionSpec("detail", "next_tab", "right_square_bracket,l", "Next tab", "Next inventory tab", show=False),

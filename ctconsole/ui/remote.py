@@ -64,10 +64,10 @@ class RemoteHost:
             ch.start()
             hello = ch.call("hello", agent_pb2.Hello(protocol=PROTOCOL_VERSION), timeout=HELLO_TIMEOUT)
         except CtError as exc:
-            details = [*exc.details, *[d for d in ch.stderr_tail() if d not in exc.details]]
+            details = [exc.message, *exc.details, *[d for d in ch.stderr_tail() if d not in exc.details]]
             ch.kill()
             ch.close(timeout=2)
-            raise CtError(f"cannot reach the agent on {self.name}: {exc.message}", _hint(self.dest, details)) from exc
+            raise CtError(f"cannot reach the agent on {self.name}", _hint(self.dest, details)) from exc
         self.hostname = str(hello.hostname)
         self.connects += 1
         self._ch = ch
@@ -119,11 +119,24 @@ class RemoteHost:
         return data
 
     def close(self) -> None:
-        """Say bye and reap the agent (and the ssh control master)."""
-        with self._lock:
-            ch, self._ch = self._ch, None
+        """Say bye and reap the agent (and the ssh control master).
+
+        Why not simply wait for the lock: a check may hold it for a minute;
+        quitting must not wait for it, so a busy channel is aborted and killed
+        (the waiting request then fails in its worker, which nobody reads any more).
+        """
+        if self._lock.acquire(timeout=0.5):
+            try:
+                ch, self._ch = self._ch, None
+            finally:
+                self._lock.release()
+            if ch is not None:
+                ch.close(timeout=2)
+            return
+        ch, self._ch = self._ch, None
         if ch is not None:
-            ch.close(timeout=5)
+            ch.should_abort = lambda: True
+            ch.kill()
 
 
 def _hint(dest: Destination, details: list[str]) -> list[str]:
@@ -133,7 +146,7 @@ def _hint(dest: Destination, details: list[str]) -> list[str]:
     if dest.kind == "ssh":
         return [
             *details,
-            "The console uses ssh with BatchMode=yes: a key must log in without a prompt;",
+            "ssh runs with BatchMode=yes: a key must log in without a prompt.",
             "ctconsole must be installed there (CTCONSOLE_REMOTE_CMD names the command).",
         ]
     return details

@@ -83,6 +83,57 @@ def test_fold_rollback_and_log_tail() -> None:
     assert s.done == Done("rolled-back") and "rollback" in s.done_phases
 
 
+def test_sub_phases_go_after_the_phase_they_run_in() -> None:
+    """The engine's transfer/restore came last on the real lab ("confirm, transfer, restore")."""
+    s = MigrationState()
+    for p in ("begin", "prepare", "perform", "transfer", "restore", "finish", "confirm"):
+        s = fold(s, PhaseChanged(p))
+    assert s.phases == ("begin", "prepare", "perform", "transfer", "restore", "finish", "confirm")
+
+
+def test_checker_severities_sort_before_info() -> None:
+    from ctconsole.ui.backend import Finding, Report
+
+    r = Report(
+        "c", "needs-rules", tuple(Finding("r", sev, "s", "m") for sev in ("info", "auto", "needs-rule", "blocker"))
+    )
+    assert [sev for sev, _ in r.grouped()] == ["blocker", "needs-rule", "auto", "info"]
+
+
+def test_model_round_trips_through_the_agent_json() -> None:
+    import json
+
+    from ctconsole.model import Container, from_dict, to_dict
+
+    for c in FakeBackend(n_containers=6).containers:
+        back = from_dict(Container, json.loads(json.dumps(to_dict(c))))
+        assert back == c and len(back.externals()) == len(c.externals())
+    # unknown keys (a newer agent) are ignored, missing ones take defaults (an older one)
+    assert from_dict(Container, {"id": "x", "name": "n", "runtime": "tree", "init_pid": 1, "new": 1}).processes == ()
+
+
+def test_host_labels_fit_the_hosts_list() -> None:
+    from ctconsole.ui.screens.containers import host_label
+
+    assert host_label("local").plain == "local\nthis host"
+    assert host_label("netns:ctlab-ctui").plain == "ctlab-ctui\nnetns"
+    assert host_label("ssh://root@db1:2222").plain == "db1\nssh root@ :2222"
+    assert host_label("ssh://[::1]:22").plain == "[::1]\nssh :22"
+    assert host_label("ssh://db1").plain == "db1\nssh"
+
+
+def test_prefill_strips_the_subject_words() -> None:
+    from ctconsole.ui.backend import Finding
+    from ctconsole.ui.screens.report import prefill_for
+
+    mount = Finding("bind-mount-external", "needs-rule", "mount /share", "m", rule_kind="mount")
+    assert prefill_for(mount)["mountpoint"] == "/share"
+    unix = Finding("u", "needs-rule", "socket socket:[2063507] (pid 19164 fd 3 (+1))", "m", rule_kind="unix")
+    assert prefill_for(unix)["inode"] == "2063507"
+    veth = Finding("veth-external", "needs-rule", "interface eth0", "m", rule_kind="veth")
+    assert prefill_for(veth)["interface"] == "eth0"
+
+
 def test_verdicts_normalised() -> None:
     assert normalise_verdict("feasible") == "ok"
     assert normalise_verdict("feasible-with-remedies") == "needs-rules"

@@ -32,6 +32,30 @@ COLUMNS = (
 )
 
 
+def host_label(host: str) -> Text:
+    """A host as the 14-column hosts list shows it: the name, then (dim) how it is reached.
+
+    Why not the DEST string: ``netns:ctlab-ctui`` or ``ssh://root@db1:2222``
+    wrapped mid-word in the narrow list; the full DEST is in the title bar.
+    """
+    kind, name = "this host", host
+    if host.startswith("netns:"):
+        kind, name = "netns", host[6:]
+    elif host.startswith("ssh://"):
+        rest = host[6:].rstrip("/")
+        user, _, rest = rest.rpartition("@")
+        name, port = rest, ""
+        if rest.count(":") == 1 or (rest.startswith("[") and "]:" in rest):
+            name, _, port = rest.rpartition(":")
+        kind = "ssh" + (f" {user}@" if user else "") + (f" :{port}" if port else "")
+    elif host != "local":
+        kind = ""
+    out = Text(name)
+    if kind:
+        out.append(f"\n{kind}", style="dim")
+    return out
+
+
 class ContainersScreen(BaseScreen):
     SCOPE = "containers"
     BINDINGS = keymap.bindings(SCOPE)
@@ -51,7 +75,7 @@ class ContainersScreen(BaseScreen):
         yield Header()
         with Horizontal(id="containers-body"):
             if len(self.console.hosts) > 1:
-                yield OptionList(*self.console.hosts, id="hosts")
+                yield OptionList(*(host_label(h) for h in self.console.hosts), id="hosts")
             with Vertical(id="containers-main"):
                 yield Input(placeholder="filter: name, runtime or id (esc clears)", id="filter")
                 table: DataTable[object] = DataTable(id="containers", cursor_type="row", zebra_stripes=True)
@@ -59,7 +83,7 @@ class ContainersScreen(BaseScreen):
                     table.add_column(label, key=key, width=width)
                 yield table
                 yield Static("scanning…", id="containers-status", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.host = self.console.hosts[0]
@@ -107,14 +131,22 @@ class ContainersScreen(BaseScreen):
         self._rearm()
 
     def on_scan_failed(self, message: ScanFailed) -> None:
+        """One error panel per outage of a host; then only the status line and the hosts list say it.
+
+        Why per outage, not per distinct message: an unreachable agent fails in
+        slightly different words from one attempt to the next (exited / went
+        away), and each new wording used to stack another panel every 2 s.
+        """
+        first = not self._host_down.get(message.host, False)
         self._mark_host(message.host, down=True)
-        if message.host != self.host:
-            return
-        text = str(message.error)
-        if text != self._last_error:  # the same failure every 2 s is noise
+        if message.host == self.host:
+            text = str(message.error)
             self._last_error = text
-            self.console.show_error(message.error, title=f"Scanning {message.host}")
-        self.query_one("#containers-status", Static).update(f"scan of {message.host} failed: {text}")
+            if first:
+                self.console.show_error(message.error, title=f"Scanning {message.host}")
+            interval = self.console.refresh_interval
+            again = f" · retrying every {interval:g} s" if interval > 0 else " · r retries"
+            self.query_one("#containers-status", Static).update(f"✗ {text}{again}")
         self._rearm()
 
     def _mark_host(self, host: str, down: bool) -> None:
@@ -123,9 +155,8 @@ class ContainersScreen(BaseScreen):
             self._host_down[host] = down
             return
         self._host_down[host] = down
-        prompt: str | Text = host
+        prompt = host_label(host)
         if down:
-            prompt = Text(host)
             prompt.append("\n✗ unreachable", style="bold red")
         self.query_one("#hosts", OptionList).replace_option_prompt_at_index(self.console.hosts.index(host), prompt)
 
@@ -234,6 +265,12 @@ class ContainersScreen(BaseScreen):
         self.scan()
 
     # --------------------------------------------------------------- actions
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """``h`` is offered (and in the footer) only when there is another host to go to."""
+        if action == "next_host":
+            return len(self.console.hosts) > 1
+        return True
+
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.display = True

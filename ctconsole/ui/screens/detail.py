@@ -92,7 +92,7 @@ class DetailScreen(BaseScreen):
                             t.add_column(c, key=c)
                         yield t
         yield Static(id="why", classes="why-panel", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.title = f"{self.container.name}"
@@ -120,10 +120,11 @@ class DetailScreen(BaseScreen):
         summary.append(f" {c.runtime} · init {c.init_pid}")
         if c.controller:
             summary.append(f" · by {c.controller}")
-        summary.append(f" · ns {','.join(c.own_namespaces) or '-'}")
+        # line 2, not line 1: at 80 columns line 1 wrapped and pushed the external count out of view
         summary.append(f"\n{len(ext)} external item(s)", style="bold" if ext else "dim")
         if ext:
             summary.append(": " + ", ".join(sorted({cat for cat, _ in ext})))
+        summary.append(f" · own ns {','.join(c.own_namespaces) or '-'}", style="dim")
         self.query_one("#detail-summary", Static).update(summary)
         self._render_tree()
         cats: dict[str, list[tuple[str, Any]]] = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.suggester import SuggestFromList
@@ -68,7 +68,7 @@ class MigrateScreen(BaseScreen):
         hosts = [h for h in self.console.hosts if h != LOCAL_HOST]
         yield Header()
         with Vertical(id="setup"):
-            with Horizontal(classes="form-row"):
+            with Horizontal(classes="form-row -with-hint" if hosts else "form-row"):
                 yield Label("Destination", classes="form-label")
                 yield Input(
                     self.initial_dest or (hosts[0] if hosts else ""),
@@ -76,6 +76,13 @@ class MigrateScreen(BaseScreen):
                     suggester=SuggestFromList([*hosts, "netns:"], case_sensitive=False),
                     id="dest",
                     compact=True,
+                )
+            if hosts:
+                yield Label(
+                    "↑/↓: " + ", ".join(hosts),
+                    id="dest-hosts",
+                    classes="form-hint",
+                    markup=False,
                 )
             with Horizontal(classes="form-row", id="strategy-row"):
                 yield Label("Strategy", classes="form-label")
@@ -93,7 +100,7 @@ class MigrateScreen(BaseScreen):
                 yield Sparkline([], id="rate-spark")
             yield Static(id="outcome", markup=False)
             yield Log(id="mig-log", max_lines=500, auto_scroll=True)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.title = f"Migrate {self.container.name}"
@@ -136,6 +143,23 @@ class MigrateScreen(BaseScreen):
 
     def on_preview_ready(self, message: PreviewReady) -> None:
         self.query_one("#mig-preview", Static).update("\n".join(message.lines))
+
+    def on_key(self, event: events.Key) -> None:
+        """Up/down in the destination cycle through the ``--host`` values (the hosts the console lists).
+
+        Why: typing ``ssh://root@db1:2222`` again when it is already on the
+        command line is error-prone; the suggester only completes what was typed.
+        """
+        box = self.query_one("#dest", Input)
+        hosts = [h for h in self.console.hosts if h != LOCAL_HOST]
+        if self.focused is not box or event.key not in ("up", "down") or not hosts:
+            return
+        event.stop()
+        event.prevent_default()
+        cur = hosts.index(box.value) if box.value in hosts else -1
+        step = 1 if event.key == "down" else -1
+        box.value = hosts[(cur + step) % len(hosts)] if cur >= 0 else hosts[0 if step > 0 else -1]
+        box.cursor_position = len(box.value)
 
     @on(Input.Submitted, "#dest")
     def _dest_submitted(self) -> None:

@@ -26,26 +26,48 @@ from ctconsole.ui.widgets.render import plain, severity_text, theme_color, verdi
 
 VERDICT_TEXT = {
     "ok": "CRIU can checkpoint this container as it is.",
-    "needs-rules": "CRIU can checkpoint it once the errors below have rules.",
+    "needs-rules": "CRIU can checkpoint it once the findings below have rules (f adds one).",
     "blocked": "Something here cannot be checkpointed: see the blockers.",
 }
 
 
+_SUBJECT_WORDS = ("mount", "interface", "socket", "tty", "device", "file", "pipe")
+
+
+def _bare_subject(subj: str) -> str:
+    """``mount /share`` -> ``/share``; ``tty /dev/pts/0 (pid 1 fd 0)`` -> ``/dev/pts/0``.
+
+    Why: the checker names its subjects for people ("mount /share"); a form
+    field wants the path or name alone (the prefilled mountpoint used to be
+    ``mount /share``, which the form then rejected as not absolute).
+    """
+    subj = re.sub(r"\s+\(pid \d+.*\)$", "", subj.strip())
+    word, _, rest = subj.partition(" ")
+    return rest.strip() if word in _SUBJECT_WORDS and rest.strip() else subj
+
+
 def prefill_for(f: Finding) -> dict[str, str]:
-    """Form values guessed from a finding's subject, so the operator only fills the rest."""
-    subj = f.subject
+    """Form values guessed from a finding's subject, so the operator only fills the rest.
+
+    Covers the field names of both the checker's rule kinds (``unix``,
+    ``veth`` with ``interface``...) and the console's defaults; the caller keeps
+    only the fields the kind's form has.
+    """
+    raw = f.subject
+    subj = _bare_subject(raw)
     kind = f.rule_kind
-    if kind == "unix-socket":
-        m = re.search(r"\b(\d{3,})\b", subj)
-        path = subj.split("->")[-1].strip() if "->" in subj else ""
-        return {"inode": m.group(1) if m else "", "path": path}
+    if kind in ("unix-socket", "unix"):
+        m = re.search(r"socket:\[(\d+)\]", raw) or re.search(r"\b(\d{3,})\b", raw)
+        path = raw.split("->")[-1].strip() if "->" in raw else ""
+        return {"inode": m.group(1) if m else "", "path": path, "peer": path}
     if kind == "mount":
         key = subj.strip("/").split("/")[-1] if subj else ""
         return {"mountpoint": subj, "key": key}
     if kind in ("tty", "device", "file"):
-        return {"path": subj, "key": subj.strip("/").split("/")[-1] if kind != "tty" else "console"}
-    if kind == "veth":
-        return {"inside": subj}
+        key = subj.strip("/").split("/")[-1] if kind != "tty" else "console"
+        return {"path": subj, "key": key, "source": subj, "name": key}
+    if kind in ("veth", "netdev"):
+        return {"inside": subj, "interface": subj}
     if kind == "tcp":
         return {"mode": "established"}
     return {}
@@ -66,14 +88,14 @@ class ReportScreen(BaseScreen):
         yield Header()
         yield Static("checking…", id="verdict", markup=False)
         findings: DataTable[object] = DataTable(id="findings", cursor_type="row")
-        findings.add_column("Severity", key="sev", width=9)
+        findings.add_column("Severity", key="sev", width=10)
         findings.add_column("Rule", key="rule", width=20)
         findings.add_column("Subject", key="subject")
         yield findings
         yield Static(id="finding-detail", classes="why-panel", markup=False)
         with VerticalScroll(id="options-box"):
             yield Static(id="options", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.title = f"Feasibility: {self.container.name}"
@@ -111,13 +133,16 @@ class ReportScreen(BaseScreen):
         table.clear()
         self.rows = {}
         n = 0
+        # subjects are cut to the screen so the table never scrolls sideways (the panel shows them whole)
+        room = max(16, self.size.width - 10 - 20 - 3 * 2 - 2)
         for sev, items in report.grouped():
             table.add_row("", Text(f"{sev.upper()} ({len(items)})", style="bold underline"), "", key=f"group:{sev}")
             for f in items:
                 key = f"f{n}"
                 n += 1
                 self.rows[key] = f
-                table.add_row(severity_text(self.app, f.severity), plain(f.rule), plain(f.subject), key=key)
+                subject = f.subject if len(f.subject) <= room else f.subject[: room - 1] + "…"
+                table.add_row(severity_text(self.app, f.severity), plain(f.rule), plain(subject), key=key)
         if table.row_count > 1:
             table.move_cursor(row=1)
         opts = Text()
@@ -125,6 +150,7 @@ class ReportScreen(BaseScreen):
             phase, _, rest = line.partition(": ")
             opts.append(f"{phase:<8}", style=f"bold {theme_color(self.app, 'primary')}")
             opts.append(rest + "\n")
+        opts.rstrip()  # no blank last line in an auto-height box
         self.query_one("#options", Static).update(opts)
 
     def selected(self) -> Finding | None:
@@ -162,7 +188,10 @@ class ReportScreen(BaseScreen):
             self.notify("no rule kind fixes this finding", severity="warning", timeout=3, markup=False)
             return
         if not self.refuse_remote(self.host, "Editing rules"):
-            self.app.push_screen(RulesScreen(self.container, prefill=(f.rule_kind, prefill_for(f))))
+            spec = next((k for k in self.backend.rule_kinds() if k.name == f.rule_kind), None)
+            names = {x.name for x in spec.fields} if spec else set()
+            values = {k: v for k, v in prefill_for(f).items() if not names or k in names}
+            self.app.push_screen(RulesScreen(self.container, prefill=(f.rule_kind, values)))
 
     def action_recheck(self) -> None:
         self.query_one("#verdict", Static).update("checking…")

@@ -72,7 +72,8 @@ class RuleFormScreen(ModalScreen[Rule | None]):
     def _fields(self) -> list[Label | Input]:
         out: list[Label | Input] = []
         for f in self.spec().fields:
-            out.append(Label(f.label + ("" if f.required else " (optional)"), markup=False))
+            optional = "" if f.required or "optional" in f.label.lower() else " (optional)"
+            out.append(Label(f.label + optional, markup=False))
             out.append(
                 Input(
                     self.rule.values.get(f.name, ""),
@@ -178,10 +179,12 @@ class RulesScreen(BaseScreen):
                 table.add_column("Kind", key="kind", width=11)
                 table.add_column("Values", key="values", width=24)
                 yield table
+                # the Values column is cut at 80 columns: the selected rule is shown whole here
+                yield Static(id="rule-detail", classes="why-panel", markup=False)
                 yield Static(id="rules-status", markup=False)
             with VerticalScroll(id="preview-box"):
                 yield Static("compiling…", id="preview", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.title = f"Rules: {self.container.name}"
@@ -216,6 +219,7 @@ class RulesScreen(BaseScreen):
             table.add_row(plain(r.kind), plain(r.summary()), key=str(n))
         if self.rules:
             table.move_cursor(row=min(row, len(self.rules) - 1))
+        self._show_rule(table.cursor_row if self.rules else None)
         status = f"{len(self.rules)} rule(s)" + (" · unsaved changes (s saves)" if self.dirty else "")
         self.query_one("#rules-status", Static).update(status)
         self.sub_title = "unsaved" if self.dirty else ""
@@ -268,6 +272,23 @@ class RulesScreen(BaseScreen):
         self.app.push_screen(
             RuleFormScreen(self.backend, self.backend.rule_kinds(), rule, editing=index is not None), done
         )
+
+    def _show_rule(self, index: int | None) -> None:
+        panel = self.query_one("#rule-detail", Static)
+        if index is None or not 0 <= index < len(self.rules):
+            panel.update(Text("no rules yet: g suggests them from the inventory, a adds one", style="dim"))
+            return
+        rule = self.rules[index]
+        t = Text(rule.kind, style="bold")
+        for k, v in rule.values.items():
+            if v:
+                t.append(f"\n{k}: ", style=f"bold {theme_color(self.app, 'primary')}")
+                t.append(v)
+        panel.update(t)
+
+    @on(DataTable.RowHighlighted, "#rules")
+    def _rule_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_rule(event.cursor_row)
 
     @on(DataTable.RowSelected, "#rules")
     def _selected(self, event: DataTable.RowSelected) -> None:

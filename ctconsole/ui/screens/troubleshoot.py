@@ -44,18 +44,18 @@ class TroubleshootScreen(BaseScreen):
                 yield Static(id="explain", classes="why-panel", markup=False)
             with TabPane("History", id="tab-history"):
                 t: DataTable[object] = DataTable(id="history", cursor_type="row")
+                # fits 80 columns: the id (a timestamp + hex) is in the log path shown on the Log tab
                 for label, w in (
-                    ("Id", 5),
+                    ("Started", 11),
                     ("Container", 12),
-                    ("Dest", 14),
-                    ("Strategy", 13),
-                    ("Started", 16),
+                    ("Dest", 16),
+                    ("Strategy", 10),
                     ("Result", 11),
-                    ("Down", 7),
+                    ("Down", 6),
                 ):
                     t.add_column(label, key=label.lower(), width=w)
                 yield t
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.title = "Troubleshooting"
@@ -87,7 +87,8 @@ class TroubleshootScreen(BaseScreen):
         for n, e in enumerate(self.entries):
             color = {"migrated": "success", "rolled-back": "warning", "failed": "error"}.get(e.result, "foreground")
             table.add_row(
-                *(plain(x) for x in (e.id, e.container, e.dest, e.strategy, e.started)),
+                plain(e.started[5:] if e.started[:4].isdigit() and e.started[4:5] == "-" else e.started),
+                *(plain(x) for x in (e.container, e.dest, e.strategy.split("/")[0])),
                 Text(e.result, style=theme_color(self.app, color)),
                 plain(f"{e.downtime_ms:.0f}ms" if e.downtime_ms is not None else "—"),
                 key=str(n),

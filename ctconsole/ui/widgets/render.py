@@ -16,7 +16,14 @@ from ctconsole.model import External
 from ctconsole.ui.backend import Report
 
 VERDICT_LABEL = {"ok": "ok", "needs-rules": "needs rules", "blocked": "blocked"}
-SEVERITY_STYLE = {"blocker": "error", "error": "error", "warning": "warning", "info": "primary"}
+SEVERITY_STYLE = {
+    "blocker": "error",
+    "error": "error",
+    "needs-rule": "warning",
+    "warning": "warning",
+    "auto": "success",
+    "info": "primary",
+}
 
 
 def plain(value: object) -> Text:
