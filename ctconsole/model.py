@@ -265,9 +265,9 @@ def json_default(obj: Any) -> Any:
     names, getter, has_external = spec
     d = getattr(obj, "__dict__", None)
     if d is not None and len(d) == len(names) and tuple(d) == names:
+        out = d.copy()  # a copy: callers may extend the dict (``list --json`` adds external_count)
         if not has_external:
-            return d  # the encoder only reads it
-        out = d.copy()
+            return out
     else:
         values = getter(obj)
         out = dict(zip(names, values if len(names) > 1 else (values,), strict=True))

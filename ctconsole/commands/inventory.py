@@ -51,14 +51,11 @@ def register(sub: Any) -> None:
 def run_list(args: argparse.Namespace) -> int:
     from ctconsole import inventory
 
-    containers = inventory.scan(full=not args.quick)
     if args.json:
-        from ctconsole.model import json_default
-
-        rows = [{**json_default(c), "external_count": len(c.externals())} for c in containers]
-        sys.stdout.write(json.dumps(rows, separators=(",", ":"), default=json_default))
+        sys.stdout.write(inventory.scan_json(full=not args.quick))
         sys.stdout.write("\n")
         return 0
+    containers = inventory.scan(full=not args.quick)
     sys.stdout.write(render_list(containers, full=not args.quick))
     return 0
 

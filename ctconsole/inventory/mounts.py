@@ -78,6 +78,11 @@ def build(
     ids = {m.mount_id for m in mounts}
     # the namespace root: the mount whose parent is not in this table (shown as "/")
     ns_root = next((m for m in mounts if m.parent_id not in ids), mounts[0])
+    # candidate bind sources by filesystem (dev), in table order: the search below runs for
+    # every bind, and a linear scan of the whole table each time was quadratic per container
+    by_dev: dict[tuple[int, int], list[tuple[int, MountInfo]]] = {}
+    for j, o in enumerate(mounts):
+        by_dev.setdefault((o.major, o.minor), []).append((j, o))
     out = []
     for i, m in enumerate(mounts):
         ext = None
@@ -97,11 +102,8 @@ def build(
             source = next(
                 (
                     o
-                    for j, o in enumerate(mounts)
-                    if o is not m
-                    and (o.major, o.minor) == (m.major, m.minor)
-                    and _contains(o.root, m.root)
-                    and (o.root != m.root or j < i)
+                    for j, o in by_dev[(m.major, m.minor)]
+                    if o is not m and _contains(o.root, m.root) and (o.root != m.root or j < i)
                 ),
                 None,
             )

@@ -73,6 +73,9 @@ class Snapshot:
         self._host_mounts: list[procfs.MountInfo] | None = None
         self._runc: dict[int, RuntimeInfo] | None = None
         self.view = HostView(self.stats, self.cmdline)
+        #: containers a one-process scan would have built before this one's first (set in the
+        #: forked half of ``inventory.scan_json``): their network namespaces count as "seen"
+        self.earlier_inits: list[int] = []
 
     # ------------------------------------------------------------ per-process caches
 
@@ -88,7 +91,7 @@ class Snapshot:
         """All namespace inodes of ``pid`` (cached: members, inits and the netns walk share them)."""
         ns = self._ns.get(pid)
         if ns is None:
-            ns = self._ns[pid] = procfs.namespaces(pid)
+            ns = self._ns[pid] = procfs.namespaces(pid, self._pidns.get(pid, 0))
             if "pid" in ns:
                 self._pidns[pid] = ns["pid"]
         return ns
@@ -120,6 +123,7 @@ class Snapshot:
         if self._fd_index_built:
             return
         self._fd_index_built = True
+        sock_holders, pipe_holders = self.sock_holders, self.pipe_holders
         for pid, st in self.stats.items():
             if pid == 2 or st.ppid == 2:
                 continue  # kernel threads have no fds
@@ -130,9 +134,9 @@ class Snapshot:
             for fd, link in lst:
                 c = link[:5]
                 if c == "socke":
-                    self.sock_holders[fds.link_inode(link)].append(FdRef(pid, fd))
+                    sock_holders[fds.link_inode(link)].append(FdRef(pid, fd))
                 elif c == "pipe:":
-                    self.pipe_holders[fds.link_inode(link)].append(FdRef(pid, fd))
+                    pipe_holders[fds.link_inode(link)].append(FdRef(pid, fd))
                 elif link.endswith("ptmx"):
                     self.ptmx_fds.append((pid, fd, link))
                 elif link == "/dev/fuse":
@@ -189,7 +193,22 @@ class Snapshot:
 
     def known_netns(self) -> dict[int, dict[int, netlink.Link]]:
         """netns inode -> links, for every netns read so far (veth peers are looked up there)."""
+        if self.earlier_inits:
+            self._meet_earlier_netns()
         return {ino: r.links() for ino, r in self._netns.items()}
+
+    def _meet_earlier_netns(self) -> None:
+        """Put the netns of ``earlier_inits``' members first, in the order a one-process scan meets them."""
+        earlier: dict[int, netlink.NetnsReader] = {}
+        for init in self.earlier_inits:
+            if init not in self.stats:
+                continue
+            for pid in self.members(init)[0]:
+                ino = self.ns_of(pid).get("net", 0)
+                if ino and ino not in earlier:
+                    earlier[ino] = self.netns(ino, pid)
+        self.earlier_inits = []
+        self._netns = {**earlier, **{k: v for k, v in self._netns.items() if k not in earlier}}
 
     # ------------------------------------------------------------ discovery
 
@@ -206,6 +225,17 @@ class Snapshot:
             if pid in self.stats and pid not in inits:
                 inits.append(pid)
         return sorted(inits)
+
+    def members(self, init: int) -> tuple[list[int], set[int]]:
+        """(member pids, sorted; those that joined the init's pid namespace from outside its tree)."""
+        members = self.subtree(init)
+        pidns = self.pidns(init)
+        joined: set[int] = set()
+        if pidns and pidns != self.host_ns.get("pid"):
+            tree = set(members)
+            joined = {pid for pid in self.same_pidns(pidns) if pid not in tree}
+            members = sorted(tree | joined)
+        return members, joined
 
     def subtree(self, root: int) -> list[int]:
         out, todo = [], [root]
@@ -412,8 +442,11 @@ def _deepen(snap: Snapshot, c: Container, members: set[int], mnt_table: list[pro
 
     # --- sockets: diag the container's netns(es) first, then the host's
     wanted = set(sock_fds)
+    # the init's netns links are needed below for the interfaces: read them in the same netns trip
+    links_of = snap.ns_of(c.init_pid).get("net", 0) if own_net else 0
     tables: list[netlink.DiagTables] = [
-        snap.netns(ino, via).resolve(wanted if wanted else set()) for ino, via in netns_of.items()
+        snap.netns(ino, via).resolve(wanted if wanted else set(), with_links=ino == links_of)
+        for ino, via in netns_of.items()
     ]
     host_tables = snap.host_netns().resolve(set())  # unix only: peers and their names
     if all(t is not host_tables for t in tables):
