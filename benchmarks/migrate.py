@@ -1,13 +1,27 @@
 """Benchmark: raw CRIU CLI (dump + copy + restore) vs ctconsole stop-copy over netns.
 
-Why: the engine adds an agent, a journal, a page server, a post-dump handover
-and checks; this shows what that costs against CRIU alone on the same
-workload in the same run. The workload is a Python process in its own pid
-namespace holding N MiB of touched memory and writing a timestamped tick every
-10 ms; the downtime "as the workload sees it" is the longest gap between two
-ticks. Sizes: 16 MiB, 256 MiB, 1 GiB (``--sizes`` to change). Needs root.
+Why: the engine adds an agent, a journal, a post-dump handover and checks;
+this shows what that costs against CRIU alone on the same workload in the
+same run. The workload is a Python process in its own pid namespace holding
+N MiB of touched memory and writing a timestamped tick every 10 ms; the
+downtime "as the workload sees it" is the longest gap between two ticks.
+Sizes: 16 MiB, 256 MiB, 1 GiB (``--sizes``). Needs root.
 
-    .venv/bin/python benchmarks/migrate.py [--sizes 16,256,1024]
+Every method runs ``--repeat`` times (default 5), interleaved (raw, then each
+ctconsole variant, then raw again ...) so slow phases of a noisy VM hit all
+methods alike, and the table shows medians (gap min-max next to them):
+
+- raw: ``criu dump`` + copy of the images to another directory + ``criu restore -d``
+  (the images cross to a "destination" directory, as the issue defines it);
+- raw in place: ``criu dump`` + ``criu restore`` from the same directory (no copy:
+  the floor for any same-host migration);
+- ctconsole default: on a same-filesystem destination (this netns) the images
+  are hard-linked into the agent's images dir (``MigrationRequest.shared_images``);
+- ctconsole chan: ``--no-page-server`` with linking off (every byte over the agent
+  channel, as to another host);
+- ctconsole ps: pages to the destination's CRIU page server, linking off.
+
+    .venv/bin/python benchmarks/migrate.py [--sizes 16,256,1024] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ import itertools
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +40,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -111,18 +127,23 @@ def frozen_ms(stats: Path) -> float:
         return float("nan")
 
 
-def raw_criu(tmp: Path, mib: int) -> dict[str, float]:
+def raw_criu(tmp: Path, mib: int, copy: bool = True) -> dict[str, float]:
+    """criu dump; copy the images to another dir (``copy``); criu restore -d from there."""
     from ctconsole.config import criu_binary
 
     criu = criu_binary()
     w = Workload(tmp, mib)
-    src, dst = tmp / f"raw-src-{mib}", tmp / f"raw-dst-{mib}"
+    tag = uuid.uuid4().hex[:6]
+    src, dst = tmp / f"raw-src-{mib}-{tag}", tmp / f"raw-dst-{mib}-{tag}"
     src.mkdir()
     try:
         t0 = time.monotonic()
         sh(criu, "dump", "-t", str(w.pid), "-D", str(src), "-o", "dump.log")
         t1 = time.monotonic()
-        shutil.copytree(src, dst)
+        if copy:
+            shutil.copytree(src, dst)
+        else:
+            dst = src
         t2 = time.monotonic()
         sh(criu, "restore", "-D", str(dst), "-d", "-o", "restore.log", "--pidfile", str(dst / "rst.pid"))
         t3 = time.monotonic()
@@ -131,9 +152,12 @@ def raw_criu(tmp: Path, mib: int) -> dict[str, float]:
                 "frozen_ms": frozen_ms(src / "stats-dump"), "gap": w.max_gap(), "ok": float(w.continuous())}
     finally:
         kill_marked(str(w.ticks))
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.rmtree(dst, ignore_errors=True)
 
 
-def ctconsole_stop_copy(tmp: Path, mib: int, dest: str, page_server: bool = True) -> dict[str, float]:
+def ctconsole_stop_copy(tmp: Path, mib: int, dest: str, page_server: bool = True,
+                        shared_images: bool = True) -> dict[str, Any]:
     from ctconsole.migrate import events as ev
     from ctconsole.migrate.engine import Migration, MigrationRequest
 
@@ -148,25 +172,45 @@ def ctconsole_stop_copy(tmp: Path, mib: int, dest: str, page_server: bool = True
 
     try:
         t0 = time.monotonic()
-        done = Migration(MigrationRequest(ref=f"tree:{w.pid}", dest=dest, timeout=600,
-                                                  page_server=page_server), on).run()
+        done = Migration(MigrationRequest(ref=f"tree:{w.pid}", dest=dest, timeout=600, page_server=page_server,
+                                          shared_images=shared_images), on).run()
         t1 = time.monotonic()
         if done.result != "migrated":
             raise RuntimeError(f"{done.result}: {done.message} {done.details.get('errors')}")
         w.wait_more(20)
         return {"total": t1 - t0, "frozen_ms": got.get("frozen_ms", float("nan")),
-                "downtime": got.get("downtime", float("nan")), "gap": w.max_gap(), "ok": float(w.continuous())}
+                "downtime": got.get("downtime", float("nan")), "gap": w.max_gap(), "ok": float(w.continuous()),
+                "timeline": done.details.get("timeline", {})}
     finally:
         kill_marked(str(w.ticks))
+
+
+#: (key, label, runner kwargs); "raw" is the reference every ratio is taken against
+METHODS: list[tuple[str, str, dict[str, Any]]] = [
+    ("raw", "raw criu dump+cp+restore", {"copy": True}),
+    ("raw0", "raw criu dump+restore (in place)", {"copy": False}),
+    ("ct", "ctconsole stop-copy (default)", {}),
+    ("chan", "ctconsole stop-copy (chan)", {"page_server": False, "shared_images": False}),
+    ("ps", "ctconsole stop-copy (ps)", {"page_server": True, "shared_images": False}),
+]
+
+
+def med(runs: list[dict[str, Any]], key: str) -> float:
+    vals = [float(r[key]) for r in runs if key in r]
+    return statistics.median(vals) if vals else float("nan")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="16,256,1024", help="MiB, comma separated")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per method and size (medians are reported)")
+    ap.add_argument("--methods", default=",".join(k for k, _, _ in METHODS),
+                    help="comma separated subset of " + ",".join(k for k, _, _ in METHODS))
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/migrate.py needs root", file=sys.stderr)
         return 1
+    wanted = [m for m in METHODS if m[0] in a.methods.split(",") or m[0] == "raw"]
     tmp = Path(tempfile.mkdtemp(prefix="ctbench-", dir="/var/tmp"))
     os.chmod(tmp, 0o700)
     os.environ.setdefault("CTCONSOLE_STATE_DIR", str(tmp / "state"))
@@ -184,32 +228,45 @@ def main() -> int:
         from ctconsole.migrate.selftest import lazy_pages_works
 
         lazy_ok, lazy_reason = lazy_pages_works()
-        rows = []
+        results: dict[int, dict[str, list[dict[str, Any]]]] = {}
         for mib in [int(x) for x in a.sizes.split(",")]:
-            raw = raw_criu(tmp, mib)
-            ct = ctconsole_stop_copy(tmp, mib, f"netns:{ns}")
-            ct2 = ctconsole_stop_copy(tmp, mib, f"netns:{ns}", page_server=False)
-            rows.append((mib, raw, ct, ct2))
-            print(f"{mib} MiB done", file=sys.stderr, flush=True)
+            per: dict[str, list[dict[str, Any]]] = {k: [] for k, _, _ in wanted}
+            for i in range(a.repeat):
+                for key, _label, kw in wanted:
+                    r = (raw_criu(tmp, mib, **kw) if key.startswith("raw")
+                         else ctconsole_stop_copy(tmp, mib, f"netns:{ns}", **kw))
+                    per[key].append(r)
+                    print(f"{mib} MiB run {i + 1} {key}: gap {r['gap'] * 1000:.1f} ms, total {r['total']:.3f} s"
+                          + (f", timeline {r['timeline']}" if r.get("timeline") else ""), file=sys.stderr, flush=True)
+            results[mib] = per
         print()
         print("workload: python in its own pid namespace, N MiB touched, tick every 10 ms; "
               "gap = longest pause between two ticks (downtime as the workload sees it)")
-        hdr = (f"{'size':>8}  {'method':<26} {'total s':>8} {'frozen ms':>10} {'gap ms':>8} "
-               f"{'total/raw':>9} {'gap/raw':>8} {'ok':>3}")
+        print(f"medians of {a.repeat} interleaved runs; gap range = min-max")
+        hdr = (f"{'size':>8}  {'method':<33} {'total s':>8} {'frozen ms':>10} {'gap ms':>8} {'gap range':>15} "
+               f"{'total/raw':>9} {'gap/raw':>8} {'ok':>4}")
         print(hdr)
         print("-" * len(hdr))
-        for mib, raw, ct, ct2 in rows:
-            print(f"{mib:>5}MiB  {'raw criu dump+cp+restore':<26} {raw['total']:8.3f} {raw['frozen_ms']:10.1f} "
-                  f"{raw['gap'] * 1000:8.1f} {1.0:9.2f} {1.0:8.2f} {'yes' if raw['ok'] else 'NO':>3}")
-            for label, r in (("ctconsole stop-copy (ps)", ct), ("ctconsole stop-copy (chan)", ct2)):
-                print(f"{'':>8}  {label:<26} {r['total']:8.3f} {r['frozen_ms']:10.1f} "
-                      f"{r['gap'] * 1000:8.1f} {r['total'] / raw['total']:9.2f} {r['gap'] / raw['gap']:8.2f} "
-                      f"{'yes' if r['ok'] else 'NO':>3}")
-            print(f"{'':>8}    (raw: dump {raw['dump']:.3f} s, copy {raw['copy']:.3f} s, restore "
-                  f"{raw['restore']:.3f} s; ctconsole freeze->running {ct['downtime'] * 1000:.1f} / "
-                  f"{ct2['downtime'] * 1000:.1f} ms)")
-        print("ps = pages streamed to the destination's CRIU page server during the dump; chan = local dump, "
-              "all images over the agent channel (--no-page-server)")
+        for mib, per in results.items():
+            raw_total, raw_gap = med(per["raw"], "total"), med(per["raw"], "gap")
+            for n, (key, label, _kw) in enumerate(wanted):
+                runs = per[key]
+                gaps = [r["gap"] * 1000 for r in runs]
+                ok = sum(1 for r in runs if r["ok"])
+                print(f"{(f'{mib}MiB' if n == 0 else ''):>8}  {label:<33} {med(runs, 'total'):8.3f} "
+                      f"{med(runs, 'frozen_ms'):10.1f} {med(runs, 'gap') * 1000:8.1f} "
+                      f"{f'{min(gaps):.0f}-{max(gaps):.0f}':>15} {med(runs, 'total') / raw_total:9.2f} "
+                      f"{med(runs, 'gap') / raw_gap:8.2f} {f'{ok}/{len(runs)}':>4}")
+            if "raw" in per:
+                raw = per["raw"]
+                print(f"{'':>8}    (raw medians: dump {med(raw, 'dump'):.3f} s, copy {med(raw, 'copy'):.3f} s, "
+                      f"restore {med(raw, 'restore'):.3f} s)")
+            if per.get("ct"):
+                mid = sorted(per["ct"], key=lambda r: r["gap"])[len(per["ct"]) // 2]
+                print(f"{'':>8}    (ctconsole default, median run, ms after the freeze: {mid['timeline']})")
+        print("default = same-filesystem destination: local dump, images hard-linked into the agent's dir; "
+              "chan = local dump, every image over the agent channel (--no-page-server); ps = pages streamed "
+              "to the destination's CRIU page server during the dump")
         print()
         print(f"post-copy: {'measured separately' if lazy_ok else 'not available here: ' + lazy_reason}")
         runc = shutil.which("runc")

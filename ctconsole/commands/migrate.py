@@ -33,6 +33,9 @@ def register(sub: Any) -> None:
     p.add_argument("--no-page-server", dest="page_server", action="store_false",
                    help="stop-copy: dump locally and send all images over the agent channel instead of "
                    "streaming pages to the destination's CRIU page server during the dump")
+    p.add_argument("--copy-images", dest="shared_images", action="store_false",
+                   help="send the images even when DEST shares this filesystem (local, a netns: lab host); "
+                   "by default they are hard-linked there (no copy, no page server)")
     p.add_argument("--source-netns", default="", metavar="NAME",
                    help="run the dumping CRIU in this network namespace so it reaches the destination's "
                    "page server (default: ours; lab hosts are reached from ctlab-src automatically)")
@@ -162,6 +165,7 @@ def run_migrate(args: argparse.Namespace) -> int:
     req = MigrationRequest(
         ref=args.ref, dest=args.to, strategy=args.strategy, rules=args.rules, probe=args.probe,
         timeout=args.timeout, page_server=args.page_server, source_netns=args.source_netns,
+        shared_images=args.shared_images,
         policy=PrecopyPolicy(max_rounds=args.max_rounds, min_pages=args.min_pages, max_growth=args.max_growth),
     )
     mig = Migration(req, printer)

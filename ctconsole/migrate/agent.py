@@ -28,6 +28,7 @@ was released (``ctconsole`` resolves it at its next start: journal.recover()).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import ipaddress
 import json
 import logging
@@ -37,6 +38,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -51,6 +53,7 @@ from ctconsole import __version__
 from ctconsole.config import private_dir, run_dir, state_dir
 from ctconsole.errors import CtError
 from ctconsole.migrate.channel import MAX_FRAME, PROTOCOL_VERSION, ChannelError, encode_frame, read_frame, write_all
+from ctconsole.migrate.keeper import KeeperHandle
 from ctconsole.proto import agent_pb2
 
 log = logging.getLogger("ctconsole.agent")
@@ -235,6 +238,9 @@ class Agent:
         self.lazy_proc: subprocess.Popen[bytes] | None = None
         self.rounds = 0  # pre-copy rounds announced (directories pre/1..N in the images dir)
         self.round_fds: dict[int, int] = {}  # round -> directory fd (0 = the images dir: dir_fd)
+        self.keeper: KeeperHandle | None = None  # started at prepare, before the source freezes
+        self.shared_fd: int | None = None  # the console's images dir, when it shares our filesystem
+        self.linked = False  # some images are hard links to the console's files (never modify them)
 
     # -- main loop -----------------------------------------------------------------
     def serve(self) -> int:
@@ -388,10 +394,123 @@ class Agent:
         self.images_dir = d
         self.dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
         reply = agent_pb2.PrepareReply(images_dir=str(d))
-        if msg.page_server:
+        # the restore parent is a Python process: start it now, while the source still runs
+        try:
+            self.keeper = KeeperHandle()
+        except OSError as exc:  # the restore starts one itself then (slower, same result)
+            log.warning("cannot start the restore parent ahead of time: %s", exc)
+        _warm_imports()
+        if msg.shared_token:
+            self.shared_fd = self._open_shared(msg.migration_id, msg.shared_token)
+            reply.shared_fs = self.shared_fd is not None
+            if reply.shared_fs:
+                log.info("the console's images are on this filesystem: they will be linked, not copied")
+        if msg.page_server and not reply.shared_fs:
             reply.page_server_address, reply.page_server_port, reply.page_server_pid = self._start_page_server(
                 d, msg.page_server_address)
         return reply
+
+    def _open_shared(self, mid: str, token: str) -> int | None:
+        """The console's images dir as an fd, if it is on our filesystem and proven to be the console's.
+
+        Why derived, not sent: the console only names its migration; the
+        path is this agent's own ``STATE/work/ID``, so a console cannot point
+        the agent at any other directory. It must be a directory (no symlink)
+        owned by us and private (0700, like every images dir), hold the token
+        the console sent (so a same-named dir on another host, or a stale one,
+        never matches), and sit on the device of our images dir (hard links
+        cannot cross filesystems).
+        """
+        if len(token) < 32 or self.images_dir is None:
+            return None
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            wfd = os.open(state_dir() / "work" / mid, flags)
+        except OSError:
+            return None
+        try:
+            ifd = os.open("images", flags, dir_fd=wfd)
+            try:
+                dev = os.stat(self.images_dir).st_dev
+                for st in (os.fstat(wfd), os.fstat(ifd)):
+                    if st.st_uid != os.geteuid() or st.st_mode & 0o077 or st.st_dev != dev:
+                        raise OSError("not a private directory of ours on this filesystem")
+                tfd = os.open("share.token", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=wfd)
+                try:
+                    tst = os.fstat(tfd)
+                    got = os.read(tfd, 256) if stat.S_ISREG(tst.st_mode) and tst.st_uid == os.geteuid() else b""
+                finally:
+                    os.close(tfd)
+                if not hmac.compare_digest(got.strip(), token.encode()):
+                    raise OSError("token mismatch")
+            except OSError:
+                os.close(ifd)
+                return None
+            return ifd
+        except OSError:
+            return None
+        finally:
+            os.close(wfd)
+
+    def on_link(self, msg: agent_pb2.LinkRequest) -> agent_pb2.LinkReply:
+        """Hard-link the console's image files into our images dir (same filesystem: no bytes move).
+
+        Why this keeps the rules: names are checked like FileChunk names and
+        created O_EXCL-style (link fails on an existing name) in our own 0700
+        dir; only regular files of ours are linked, never symlinks; the
+        console's copy stays intact for its rollback (CRIU only reads images
+        on restore; ``auto_dedup``, which punches holes, is refused at restore
+        while links exist). All or nothing: a failure removes this request's
+        links, and the console then sends the bytes instead.
+        """
+        if self.shared_fd is None or self.dir_fd is None:
+            raise Refused("state", "the console's images are not shared with this agent")
+        if self.restored_pid:
+            raise Refused("state", "already restored")
+        dir_fd = self.dir_fd if not msg.round else self.round_fds.get(msg.round)
+        if dir_fd is None:
+            raise Refused("state", f"round {msg.round} was not announced")
+        src_fd = self.shared_fd
+        made: list[str] = []
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            if msg.round:
+                pre = os.open("pre", flags, dir_fd=self.shared_fd)
+                try:
+                    src_fd = os.open(str(msg.round), flags, dir_fd=pre)
+                finally:
+                    os.close(pre)
+            total = 0
+            for raw in msg.names:
+                base = check_name(raw)
+                name = base if not msg.round else f"pre/{msg.round}/{base}"
+                if name in self.files_done or name in self.open_files:
+                    raise Refused("state", f"{name} was already received")
+                if len(self.files_done) + len(self.open_files) >= MAX_FILES:
+                    raise Refused("too-large", "too many files")
+                st = os.stat(base, dir_fd=src_fd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                    raise Refused("bad-name", f"{name} is not a regular image file of ours")
+                try:
+                    os.link(base, base, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                except FileExistsError as exc:
+                    raise Refused("state", f"{name} already exists in the images directory") from exc
+                made.append(base)
+                self.files_done.add(name)
+                total += st.st_size
+        except BaseException as exc:
+            for base in made:
+                with contextlib.suppress(OSError):
+                    os.unlink(base, dir_fd=dir_fd)
+                self.files_done.discard(base if not msg.round else f"pre/{msg.round}/{base}")
+            if isinstance(exc, OSError):
+                raise Refused("failed", f"cannot link the images: {exc}") from exc
+            raise
+        finally:
+            if src_fd != self.shared_fd:
+                os.close(src_fd)
+        self.linked = self.linked or bool(made)
+        return agent_pb2.LinkReply(files=len(made), bytes=total)
 
     def _start_page_server(self, d: Path, address: str) -> tuple[str, int, int]:
         """A CRIU page server writing into ``d``: (address, port, pid). One dump (or round) per server."""
@@ -494,7 +613,18 @@ class Agent:
         if self.open_files:
             raise Refused("state", f"files still open: {', '.join(sorted(self.open_files))}")
         opts = validate_restore_opts(msg.options_json)
+        if self.linked and opts.get("auto_dedup"):
+            # it punches holes into the pages it restored: into the console's own copy, through the links
+            raise Refused("bad-request", "auto_dedup cannot be used on images linked from the console's copy")
+        t0 = time.monotonic()
+        marks: list[str] = []
+
+        def mark(what: str) -> None:
+            marks.append(f"{what}@{(time.monotonic() - t0) * 1000:.0f}ms")
+
         self._wait_page_server(msg.page_server_wait or 60.0)
+        if self.page_server_pid or msg.page_server_wait:
+            mark("page-server-done")
         for name in veth_host_names(opts):
             if link_exists(name):
                 raise Refused("state", f"network device {name} already exists on the destination")
@@ -516,11 +646,10 @@ class Agent:
             pipes.close_all(inherit.values())
             raise
         inherit.update(pipe_ends)
-        t0 = time.monotonic()
-        marks: list[str] = []
+        mark("fds")
 
         def on_note(script: str, pid: int) -> bool:
-            marks.append(f"{script}@{(time.monotonic() - t0) * 1000:.0f}ms")
+            mark(script)
             if pid and not self.pending_root:
                 self.pending_root = pid  # killable even if the restore never returns
             if script == "setup-namespaces" and msg.setup_ns:
@@ -534,9 +663,10 @@ class Agent:
         # and the re-created stdio pipes, and reaps the root
         from ctconsole.migrate.keeper import KeeperError, restore_with_parent
 
+        keeper, self.keeper = self.keeper, None
         try:
             res = restore_with_parent(opts, self.images_dir, inherit, relays, self.migration_id,
-                                      timeout=msg.timeout or 120.0, on_note=on_note)
+                                      timeout=msg.timeout or 120.0, on_note=on_note, keeper=keeper)
         except KeeperError as exc:
             details = [d for d in exc.details if not d.startswith("full CRIU log:")]
             kept = self._keep_log("restore.log")
@@ -545,8 +675,7 @@ class Agent:
             raise CtError(exc.message, details) from exc
         finally:
             pipes.close_all([*inherit.values(), *(fd for _, _, fd in relays)])
-        marks.append(f"done@{(time.monotonic() - t0) * 1000:.0f}ms")
-        log.info("restore timeline: %s", " ".join(marks))
+        mark("restored")
         self.restored_pid, self.restored_start = res.pid, res.start or start_time(res.pid)
         self.keeper_pid = res.keeper_pid
         log.info("restored pid %d in %.3f s (parent: keeper %d%s)", res.pid, res.elapsed, res.keeper_pid,
@@ -555,14 +684,21 @@ class Agent:
         stats = self.images_dir / "stats-restore"
         if stats.exists():
             reply.stats_restore = stats.read_bytes()
-        # the restored tree must be alive, not a zombie that died right after restore
-        time.sleep(0.005 if self.held else 0.05)
+        # the restored tree must be alive, not a zombie that died right after restore; a held tree is
+        # stopped (leave_stopped) and cannot exit on its own before commit, so it is only looked at
+        if not self.held:
+            time.sleep(0.05)
         if proc_state(res.pid) in ("", "Z", "X"):
             raise CtError(f"the restored tree (pid {res.pid}) exited right after the restore")
+        mark("alive")
         if msg.probe_argv:
             reply.probe_output = self._probe(list(msg.probe_argv), msg.probe_timeout or 10.0)
+            mark("probe")
         reply.console_socket = res.console_socket
         self._write_pending()
+        mark("pending-written")
+        reply.timeline = " ".join(marks)
+        log.info("restore timeline: %s", reply.timeline)
         return reply
 
     def _start_lazy_daemon(self, address: str, port: int) -> None:
@@ -774,6 +910,13 @@ class Agent:
         return cleaned
 
     def _remove_images(self) -> None:
+        if self.keeper is not None:  # started at prepare, never used: it exits when its socket closes
+            self.keeper.close()
+            self.keeper = None
+        if self.shared_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.shared_fd)
+            self.shared_fd = None
         for fd, _ in self.open_files.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -811,6 +954,17 @@ class Agent:
         if self.restored_pid:
             log.warning("session ended before the console learned of the restore; rolling back")
         self.rollback()
+
+
+def _warm_imports() -> None:
+    """Import now what the restore needs, so the import is not paid while the source is frozen.
+
+    Why: ``on_restore`` runs inside the source's post-dump window, and these
+    modules (the remap compiler above all) took ~25-30 ms to import there.
+    """
+    import ctconsole.criu.images
+    import ctconsole.migrate.pipes
+    import ctconsole.remap.compile  # noqa: F401
 
 
 def open_inherited(specs: list[tuple[str, str, str]] | list[tuple[str, str, str, str, int]]) -> dict[str, int]:

@@ -36,6 +36,7 @@ import ctypes
 import ipaddress
 import json
 import os
+import secrets
 import shlex
 import shutil
 import socket
@@ -156,6 +157,10 @@ class MigrationRequest:
     #: stream pages to the destination's CRIU page server during the dump (handover mode);
     #: False dumps locally and sends every image over the agent channel inside post-dump
     page_server: bool = True
+    #: when the destination agent shares this filesystem (``local``, a ``netns:`` lab host), dump
+    #: locally and hard-link the images into its images dir: no bytes move and no page server runs
+    #: (``page_server`` is then moot). False: always send the bytes (benchmarks, tests)
+    shared_images: bool = True
 
 
 # -- container resolution (inventory when present, a minimal tree otherwise) ----------
@@ -407,6 +412,7 @@ class Migration:
         self.frozen_seconds: float | None = None
         self.source_released = False
         self.dest_restored = False
+        self.committed = False  # commit was sent (at most once)
         self.details: dict[str, Any] = {"id": self.id}
         self.inherit: list[dict[str, Any]] = []
         self.setup_ns: list[dict[str, Any]] = []  # remap setup-namespaces actions (VF moves) for the agent
@@ -414,6 +420,8 @@ class Migration:
         self.cause: list[str] = []  # why the handover refused post-dump (the real reason for a rollback)
         self.lazy: tuple[str, int, str, int] = ("", 0, "", 0)
         self.helper: threading.Thread | None = None
+        self.shared = False  # the agent links our images (same filesystem) instead of receiving them
+        self.marks: list[tuple[str, float]] = []  # (what, monotonic time): the frozen window's timeline
 
     # -- plumbing -------------------------------------------------------------------
     def emit(self, e: object) -> None:
@@ -432,8 +440,27 @@ class Migration:
             raise CtError("aborted by the operator")
 
     def phase(self, name: str, detail: str = "") -> None:
-        self.journal.write("phase", phase=name, detail=detail)
+        # not fsynced: recovery never acts on a phase, and inside post-dump every fsync is downtime
+        self.journal.write("phase", durable=False, phase=name, detail=detail)
+        self.mark(name)
         self.emit(ev.PhaseChanged(name, detail))
+
+    def mark(self, what: str) -> None:
+        """Note a moment for the timeline (journal ``timeline``: ms since the freeze)."""
+        self.marks.append((what, time.monotonic()))
+
+    def timeline(self) -> dict[str, float]:
+        """Where the frozen time went: each mark after the freeze, in ms since the freeze."""
+        if not self.t_freeze:
+            return {}
+        out: dict[str, float] = {}
+        for what, t in self.marks:
+            if t >= self.t_freeze:
+                key, n = what, 2
+                while key in out:
+                    key, n = f"{what}#{n}", n + 1
+                out[key] = round((t - self.t_freeze) * 1000, 1)
+        return out
 
     def info(self, text: str, level: str = "info") -> None:
         self.emit(ev.LogLine(level, text))
@@ -581,9 +608,17 @@ class Migration:
         precopy = self.strategy == "pre-copy"
         use_ps = self.mode == "handover" and self.req.page_server and not postcopy
         ps_addr = "" if dest.kind == "netns" else "127.0.0.1"
+        images = private_dir(self.work / "images")
+        token = self._share_token(restore_opts)
         # pre-copy: one page server per round (and one for the final dump), asked for round by round
         prep = ch.call("prepare", agent_pb2.PrepareRequest(
-            migration_id=self.id, page_server=use_ps and not precopy, page_server_address=ps_addr), timeout=60)
+            migration_id=self.id, page_server=use_ps and not precopy, page_server_address=ps_addr,
+            shared_token=token), timeout=60)
+        if prep.shared_fs:
+            # same filesystem: a local dump and hard links beat any transfer (CRIU's page server
+            # over TCP was the slowest path here); the agent started no page server
+            self.shared, use_ps = True, False
+            self.info(f"{dest} shares this filesystem: the images are linked there, not copied")
         if use_ps and not precopy:
             port = ch.forward_port(prep.page_server_port)
             addr = "127.0.0.1" if dest.kind == "ssh" else prep.page_server_address
@@ -604,7 +639,6 @@ class Migration:
         _fault("prepare", self.aborted)
 
         # -- Perform: freeze, dump, hand over inside post-dump ---------------------------
-        images = private_dir(self.work / "images")
         self.phase("perform", f"{self.strategy}: dumping pid {c.init_pid}")
         probe = shlex.split(self.req.probe) if self.req.probe else []
 
@@ -615,6 +649,7 @@ class Migration:
             if note.script != "post-dump":
                 return True
             self.t_freeze = self.t_freeze or time.monotonic()
+            self.mark("post-dump")
             self.tree_pids = descendants(c.init_pid)
             if postcopy:
                 return self._start_postcopy(images, restore_opts, src_ns)
@@ -652,13 +687,16 @@ class Migration:
             if not self.dest_restored:
                 raise CtError("post-copy: CRIU finished but the destination never reported the restore",
                               self.cause)
+        self.mark("dump-returned")
         if self.mode == "handover":
-            self.journal.write("acked")
+            self.journal.write("acked", durable=False)
             self.source_released = True
+            if not postcopy:
+                self._commit(probe, postcopy)  # the held copy waits: commit before any bookkeeping
         if result is not None and result.stats is not None:
             st = result.stats
             self.frozen_seconds = st.frozen_time_us / 1e6
-            self.journal.write("dump_stats", **st.__dict__)
+            self.journal.write("dump_stats", durable=False, **st.__dict__)
             self.emit(ev.RoundProgress(self.rounds + 1, st.pages_scanned, st.pages_written, st.pages_skipped_parent,
                                        final=True))
             self.emit(ev.FrozenTime(self.frozen_seconds))
@@ -672,28 +710,55 @@ class Migration:
         if self.mode == "sequential":
             self._sequential_restore(images, restore_opts, probe)
 
-        # -- Finish: the destination keeps the tree ---------------------------------------
+        if not self.committed:
+            self._commit(probe, postcopy)
         self.phase("finish", f"restored pid {self.restored_pid} on {dest}")
-        try:
-            note = ch.call("commit", agent_pb2.CommitRequest(), timeout=150)
-            if not probe and not postcopy:
-                self.t_restored = time.monotonic()  # the held copy runs from here on
-            self.journal.write("committed", pid=self.restored_pid, note=note.journal_note)
-        except CtError as exc:
-            if postcopy:
-                raise
-            self.journal.write("committed", pid=self.restored_pid, warning=exc.message)
 
         # -- Confirm -----------------------------------------------------------------------
         self.phase("confirm")
         downtime = (self.t_restored - self.t_freeze) if self.t_restored and self.t_freeze else None
         if downtime is not None:
             self.emit(ev.Downtime(downtime))
+        self.details["timeline"] = tl = self.timeline()
+        self.journal.write("timeline", durable=False, ms=tl, shared=self.shared)
         self.details.update(restored_pid=self.restored_pid, downtime=downtime, frozen=self.frozen_seconds,
                             bytes=self.bytes_sent, source="released")
         msg = f"{c.name} now runs on {dest} as pid {self.restored_pid}"
         self.journal.write("end", result="migrated", message=msg, downtime=downtime, frozen=self.frozen_seconds)
         return ev.Done("migrated", msg, self.details)
+
+    def _commit(self, probe: list[str], postcopy: bool) -> None:
+        """Finish: the destination keeps the tree (a held copy gets SIGCONT now)."""
+        assert self.channel is not None
+        self.committed = True
+        try:
+            note = self.channel.call("commit", agent_pb2.CommitRequest(), timeout=150)
+            if not probe and not postcopy:
+                self.t_restored = time.monotonic()  # the held copy runs from here on
+            self.mark("committed")
+            self.journal.write("committed", pid=self.restored_pid, note=note.journal_note)
+        except CtError as exc:
+            if postcopy:
+                raise
+            self.journal.write("committed", pid=self.restored_pid, warning=exc.message)
+
+    def _share_token(self, restore_opts: dict[str, Any]) -> str:
+        """The token that lets a same-filesystem agent link our images (agent._open_shared); "" = never link.
+
+        Not with ``auto_dedup`` on restore: it punches holes into the images it
+        restored, which through hard links would be our copy, the one a
+        sequential rollback restores from.
+        """
+        if not self.req.shared_images or restore_opts.get("auto_dedup") or self.work is None:
+            return ""
+        token = secrets.token_hex(24)
+        fd = os.open(self.work / "share.token", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            os.write(fd, token.encode())
+        finally:
+            os.close(fd)
+        return token
 
     # -- strategy --------------------------------------------------------------------------
     def _choose_strategy(self, local: Any, hello: Any) -> str:
@@ -809,6 +874,9 @@ class Migration:
         files = sorted(p for p in images.iterdir() if p.is_file() and not p.is_symlink() and p.name not in skip)
         total = sum(p.stat().st_size for p in files)
         t0 = time.monotonic()
+        self._check_abort()
+        if self.shared and self._link_images(files, round_no, t0):
+            return
         pending: deque[int] = deque()
         try:
             sent = self._stream_files(files, total, pending, window, t0, round_no)
@@ -828,7 +896,35 @@ class Migration:
         self.emit(ev.BytesSent(self.bytes_sent + sent, self.bytes_sent + total))
         self.emit(ev.Rate(sent / max(elapsed, 1e-6)))
         self.bytes_sent += sent
-        self.journal.write("sent", files=len(files), bytes=sent, seconds=elapsed, round=round_no)
+        self.journal.write("sent", durable=False, files=len(files), bytes=sent, seconds=elapsed, round=round_no)
+        self.mark("sent" if not round_no else f"sent-round{round_no}")
+
+    def _link_images(self, files: list[Path], round_no: int, t0: float) -> bool:
+        """Same filesystem: one request, and the agent hard-links the files (True), else False (send bytes).
+
+        Why: on a ``local`` or ``netns:`` destination the bytes need not move
+        at all; the agent checked at prepare that our images dir is ours and on
+        its filesystem. A refusal leaves nothing linked (the agent undoes its
+        part), so the caller just streams as it always did.
+        """
+        assert self.channel is not None
+        # not interruptible: it takes milliseconds, and an abort honoured while its reply is in flight
+        # would leave that reply unread and the conversation out of step for the rollback's abort
+        should_abort, self.channel.should_abort = self.channel.should_abort, lambda: False
+        try:
+            r = self.channel.call("link", agent_pb2.LinkRequest(round=round_no, names=[p.name for p in files]),
+                                  timeout=60)
+        except AgentError as exc:
+            self.info(f"linking the images failed ({exc.message}); sending them instead", "warning")
+            self.shared = False
+            return False
+        finally:
+            self.channel.should_abort = should_abort
+        elapsed = time.monotonic() - t0
+        self.journal.write("sent", durable=False, files=int(r.files), bytes=0, linked=int(r.bytes),
+                           seconds=elapsed, round=round_no)
+        self.mark("linked" if not round_no else f"linked-round{round_no}")
+        return True
 
     def _stream_files(self, files: list[Path], total: int, pending: deque[int], window: int, t0: float,
                       round_no: int = 0) -> int:
@@ -873,15 +969,19 @@ class Migration:
             lazy_address=lazy[0] if lazy else "", lazy_port=lazy[1] if lazy else 0),
             timeout=self.req.timeout + 60)
         self.t_restored = time.monotonic()
+        self.mark("restored")
         self.restored_pid = reply.pid
         self.dest_restored = True
-        self.journal.write("restored", pid=reply.pid, elapsed=reply.elapsed, console=reply.console_socket)
+        # durable: recovery commits or kills the destination copy by this record
+        self.journal.write("restored", pid=reply.pid, elapsed=reply.elapsed, console=reply.console_socket,
+                           timeline=reply.timeline)
+        self.mark("journaled")
         if reply.console_socket:
             self.details["console_socket"] = reply.console_socket
         if reply.stats_restore:
             with contextlib.suppress(ImageError):
                 self.restore_stats = parse_stats(reply.stats_restore, "stats-restore")
-                self.journal.write("restore_stats", **self.restore_stats.__dict__)
+                self.journal.write("restore_stats", durable=False, **self.restore_stats.__dict__)
                 self.emit(ev.RestoreTime(self.restore_stats.restore_time_us / 1e6))
         if probe:
             tail = reply.probe_output.strip().splitlines()[-1][:200] if reply.probe_output.strip() else ""

@@ -3,13 +3,14 @@
 Why: a migration spans two hosts and a frozen source; if ctconsole itself
 dies half-way, the next start must find out what happened and finish the job
 (resume/clean the source, clean or commit the destination). Each migration
-appends JSON lines to ``<state_dir>/journal/<id>.jsonl``; every line is
-flushed and fsynced before the step it announces is taken. A journal without
+appends JSON lines to ``<state_dir>/journal/<id>.jsonl``; every line that
+recovery acts on is flushed and fsynced before the step it announces is
+taken (progress records are written unsynced: see :meth:`Journal.write`). A journal without
 an ``end`` record whose lock is free belongs to a dead ctconsole:
 :func:`recover` resolves it. ``ctconsole history`` reads the same files.
 
 Record kinds: begin, phase, options, dump_stats, restore_stats, restored,
-acked, source_released, committed, error, end.
+acked, source_released, committed, error, timeline, end.
 """
 
 from __future__ import annotations
@@ -45,7 +46,16 @@ class Journal:
         self.id = mid
         self.path = path or journal_dir() / f"{mid}.jsonl"
 
-    def write(self, kind: str, **fields: Any) -> None:
+    def write(self, kind: str, *, durable: bool = True, **fields: Any) -> None:
+        """Append one record; ``durable`` (the default) fsyncs it before returning.
+
+        Why optional: inside the frozen window every fsync is downtime, and
+        progress records (phase, sent, stats, timeline) decide nothing in
+        :func:`recover`. They still reach the file at once (other readers and
+        the fault tests see them) and are made durable by the next fsynced
+        record, which flushes the whole file. Records that recovery acts on
+        (begin, options, restored, source_released, end) stay durable.
+        """
         rec = {"ts": time.time(), "kind": kind, **fields}
         line = json.dumps(rec, default=str, sort_keys=False) + "\n"
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -54,7 +64,8 @@ class Journal:
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 line = "\n" + line  # a crash tore the last line: do not glue this record to it
             os.write(fd, line.encode())
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
 

@@ -143,6 +143,76 @@ def _recv(sock: socket.socket, timeout: float | None) -> tuple[dict[str, Any] | 
     return (obj if isinstance(obj, dict) else None), fds
 
 
+class KeeperHandle:
+    """A keeper started ahead of its restore (the agent does it at ``prepare``, before the freeze).
+
+    Why: the keeper is a Python process; its interpreter start, the double
+    fork and the import of the CRIU client cost ~0.1 s (more on a loaded
+    host), and a keeper started inside ``post-dump`` is that much more
+    downtime. A started keeper only waits on its control socket: it restores
+    nothing until it is sent a request, and it exits as soon as the socket
+    closes (:meth:`close`, or the agent dying), so an aborted migration leaves
+    nothing behind.
+    """
+
+    def __init__(self) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            argv = [sys.executable, "-m", "ctconsole.migrate.keeper", "--parent", str(theirs.fileno())]
+            self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+        except BaseException:
+            self.sock.close()
+            raise
+        finally:
+            theirs.close()
+        self.pid = 0
+        self.start = 0
+
+    def ready(self, timeout: float = 30.0) -> tuple[int, int]:
+        """Wait for the keeper's hello: (pid, start time). Raises KeeperError if it never came."""
+        if self.pid:
+            return self.pid, self.start
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=timeout)  # the middle process exits at once: the keeper is nobody's child
+            self.proc = None
+        try:
+            hello, _ = _recv(self.sock, timeout)
+        except (OSError, ValueError):
+            hello = None
+        if not hello or not hello.get("pid"):
+            raise KeeperError("the restore parent (keeper) did not start", [], criu=False)
+        self.pid, self.start = int(hello["pid"]), int(hello.get("start", 0))
+        return self.pid, self.start
+
+    def close(self, used: bool = False) -> None:
+        """Let the keeper go: it exits when its control socket closes, unless it restored a tree (``used``).
+
+        An unused keeper is waited for (bounded, then killed by pid and start
+        time), so a rolled-back migration leaves no process of ours behind
+        when the agent's session ends.
+        """
+        if not used:
+            with contextlib.suppress(KeeperError):
+                self.ready(10)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+            self.proc = None
+        if used or not self.pid:
+            return
+        end = time.monotonic() + 5
+        while _alive(self.pid) and _start_time(self.pid) == self.start and time.monotonic() < end:
+            time.sleep(0.01)
+        if _alive(self.pid) and _start_time(self.pid) == self.start:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
 def restore_with_parent(
     opts: Mapping[str, Any],
     images_dir: Path,
@@ -151,6 +221,7 @@ def restore_with_parent(
     migration_id: str = "",
     timeout: float = 120.0,
     on_note: Callable[[str, int], bool | None] | None = None,
+    keeper: KeeperHandle | None = None,
 ) -> ParentResult:
     """RESTORE through a fresh keeper, which becomes (and stays) the root's parent.
 
@@ -161,20 +232,14 @@ def restore_with_parent(
     ``on_note(script, pid)`` sees CRIU's notifications as they come (a caller
     can kill a root that was announced but never reported); CRIU waits for its
     answer, and False or an exception fails that step (CRIU aborts the restore). Raises
-    :class:`KeeperError` on failure (the keeper then exits by itself).
+    :class:`KeeperError` on failure (the keeper then exits by itself). ``keeper``:
+    one started earlier (:class:`KeeperHandle`; used up by this call), else a
+    new one is started here.
     """
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    handle = keeper if keeper is not None else KeeperHandle()
+    ours = handle.sock
     try:
-        argv = [sys.executable, "-m", "ctconsole.migrate.keeper", "--parent", str(theirs.fileno())]
-        proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                close_fds=True)
-        theirs.close()
-        proc.wait(timeout=30)  # the middle process exits at once: the keeper is nobody's child here
-        hello, _ = _recv(ours, 30)
-        if not hello or not hello.get("pid"):
-            raise KeeperError("the restore parent (keeper) did not start", [], criu=False)
-        keeper_pid, keeper_start = int(hello["pid"]), int(hello.get("start", 0))
+        keeper_pid, keeper_start = handle.ready(30)
         inherit = dict(inherit_fds or {})
         relay_list = list(relays or [])
         req = {"opts": dict(opts), "images": str(images_dir), "id": migration_id, "timeout": timeout,
@@ -216,9 +281,7 @@ def restore_with_parent(
                                 keeper_start=keeper_start, elapsed=float(msg.get("elapsed", 0.0)),
                                 console_socket=str(msg.get("console", "")), logs=list(msg.get("logs", [])))
     finally:
-        ours.close()
-        with contextlib.suppress(OSError):
-            theirs.close()
+        handle.close(used=True)
 
 
 # -- keeper side ----------------------------------------------------------------------------
@@ -233,10 +296,17 @@ def _run_parent(ctl_fd: int) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the ssh session of the agent may hang up
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.chdir("/")  # pin no directory (the agent's cwd, an images dir) while the tree lives
+    # imported before the hello: a keeper started ahead of the freeze (KeeperHandle) has paid for
+    # them when the restore request comes
+    from ctconsole.criu.client import CriuClient
+    from ctconsole.errors import CtError
+
     ctl = socket.socket(fileno=ctl_fd)
     _send(ctl, {"pid": os.getpid(), "start": _start_time(os.getpid())})
     try:
-        req, fds = _recv(ctl, 60)
+        # no timeout: a keeper started at prepare waits out the whole dump; it exits when the
+        # agent closes the socket (EOF) or dies
+        req, fds = _recv(ctl, None)
     except (OSError, ValueError):
         return 2
     if not req:
@@ -246,8 +316,6 @@ def _run_parent(ctl_fd: int) -> int:
     inherit = dict(zip(keys, fds[: len(keys)], strict=True))
     peers = fds[len(keys):]
     mid = _safe(str(req.get("id", ""))) or str(os.getpid())
-    from ctconsole.criu.client import CriuClient
-    from ctconsole.errors import CtError
 
     def note(n: Any) -> bool:
         _send(ctl, {"note": n.script, "pid": n.pid or 0})

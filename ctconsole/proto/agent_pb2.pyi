@@ -147,26 +147,46 @@ class HostProbeReply(_message.Message):
     def __init__(self, criu_check_ok: _Optional[bool] = ..., criu_check_detail: _Optional[str] = ..., cpuinfo_ok: _Optional[bool] = ..., cpuinfo_detail: _Optional[str] = ..., images_dir: _Optional[str] = ..., images_free: _Optional[int] = ..., paths: _Optional[_Iterable[_Union[PathInfo, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkInfo, _Mapping]]] = ...) -> None: ...
 
 class PrepareRequest(_message.Message):
-    __slots__ = ("migration_id", "page_server", "page_server_address")
+    __slots__ = ("migration_id", "page_server", "page_server_address", "shared_token")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_TOKEN_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     page_server: bool
     page_server_address: str
-    def __init__(self, migration_id: _Optional[str] = ..., page_server: _Optional[bool] = ..., page_server_address: _Optional[str] = ...) -> None: ...
+    shared_token: str
+    def __init__(self, migration_id: _Optional[str] = ..., page_server: _Optional[bool] = ..., page_server_address: _Optional[str] = ..., shared_token: _Optional[str] = ...) -> None: ...
 
 class PrepareReply(_message.Message):
-    __slots__ = ("images_dir", "page_server_address", "page_server_port", "page_server_pid")
+    __slots__ = ("images_dir", "page_server_address", "page_server_port", "page_server_pid", "shared_fs")
     IMAGES_DIR_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_PORT_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_PID_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FS_FIELD_NUMBER: _ClassVar[int]
     images_dir: str
     page_server_address: str
     page_server_port: int
     page_server_pid: int
-    def __init__(self, images_dir: _Optional[str] = ..., page_server_address: _Optional[str] = ..., page_server_port: _Optional[int] = ..., page_server_pid: _Optional[int] = ...) -> None: ...
+    shared_fs: bool
+    def __init__(self, images_dir: _Optional[str] = ..., page_server_address: _Optional[str] = ..., page_server_port: _Optional[int] = ..., page_server_pid: _Optional[int] = ..., shared_fs: _Optional[bool] = ...) -> None: ...
+
+class LinkRequest(_message.Message):
+    __slots__ = ("round", "names")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LinkReply(_message.Message):
+    __slots__ = ("files", "bytes")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    files: int
+    bytes: int
+    def __init__(self, files: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class FileChunk(_message.Message):
     __slots__ = ("name", "offset", "data", "last", "round")
@@ -269,20 +289,22 @@ class SetupNsAction(_message.Message):
     def __init__(self, action: _Optional[str] = ..., interface: _Optional[str] = ..., pf: _Optional[str] = ..., vfs: _Optional[_Iterable[int]] = ..., any_vf: _Optional[bool] = ...) -> None: ...
 
 class RestoreReply(_message.Message):
-    __slots__ = ("pid", "stats_restore", "elapsed", "console_socket", "probe_output", "lazy")
+    __slots__ = ("pid", "stats_restore", "elapsed", "console_socket", "probe_output", "lazy", "timeline")
     PID_FIELD_NUMBER: _ClassVar[int]
     STATS_RESTORE_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_FIELD_NUMBER: _ClassVar[int]
     CONSOLE_SOCKET_FIELD_NUMBER: _ClassVar[int]
     PROBE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     LAZY_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_FIELD_NUMBER: _ClassVar[int]
     pid: int
     stats_restore: bytes
     elapsed: float
     console_socket: str
     probe_output: str
     lazy: bool
-    def __init__(self, pid: _Optional[int] = ..., stats_restore: _Optional[bytes] = ..., elapsed: _Optional[float] = ..., console_socket: _Optional[str] = ..., probe_output: _Optional[str] = ..., lazy: _Optional[bool] = ...) -> None: ...
+    timeline: str
+    def __init__(self, pid: _Optional[int] = ..., stats_restore: _Optional[bytes] = ..., elapsed: _Optional[float] = ..., console_socket: _Optional[str] = ..., probe_output: _Optional[str] = ..., lazy: _Optional[bool] = ..., timeline: _Optional[str] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
     __slots__ = ("migration_id",)
@@ -347,7 +369,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., details: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("id", "hello", "inventory", "check", "preflight", "prepare", "file", "restore", "commit", "status", "abort", "bye", "host_probe", "round")
+    __slots__ = ("id", "hello", "inventory", "check", "preflight", "prepare", "file", "restore", "commit", "status", "abort", "bye", "host_probe", "round", "link")
     ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
@@ -362,6 +384,7 @@ class Request(_message.Message):
     BYE_FIELD_NUMBER: _ClassVar[int]
     HOST_PROBE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
     id: int
     hello: Hello
     inventory: InventoryRequest
@@ -376,10 +399,11 @@ class Request(_message.Message):
     bye: ByeRequest
     host_probe: HostProbeRequest
     round: RoundRequest
-    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[InventoryRequest, _Mapping]] = ..., check: _Optional[_Union[CheckRequest, _Mapping]] = ..., preflight: _Optional[_Union[PreflightRequest, _Mapping]] = ..., prepare: _Optional[_Union[PrepareRequest, _Mapping]] = ..., file: _Optional[_Union[FileChunk, _Mapping]] = ..., restore: _Optional[_Union[RestoreRequest, _Mapping]] = ..., commit: _Optional[_Union[CommitRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., abort: _Optional[_Union[AbortRequest, _Mapping]] = ..., bye: _Optional[_Union[ByeRequest, _Mapping]] = ..., host_probe: _Optional[_Union[HostProbeRequest, _Mapping]] = ..., round: _Optional[_Union[RoundRequest, _Mapping]] = ...) -> None: ...
+    link: LinkRequest
+    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[InventoryRequest, _Mapping]] = ..., check: _Optional[_Union[CheckRequest, _Mapping]] = ..., preflight: _Optional[_Union[PreflightRequest, _Mapping]] = ..., prepare: _Optional[_Union[PrepareRequest, _Mapping]] = ..., file: _Optional[_Union[FileChunk, _Mapping]] = ..., restore: _Optional[_Union[RestoreRequest, _Mapping]] = ..., commit: _Optional[_Union[CommitRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., abort: _Optional[_Union[AbortRequest, _Mapping]] = ..., bye: _Optional[_Union[ByeRequest, _Mapping]] = ..., host_probe: _Optional[_Union[HostProbeRequest, _Mapping]] = ..., round: _Optional[_Union[RoundRequest, _Mapping]] = ..., link: _Optional[_Union[LinkRequest, _Mapping]] = ...) -> None: ...
 
 class Reply(_message.Message):
-    __slots__ = ("id", "hello", "inventory", "check", "preflight", "prepare", "file", "restore", "commit", "status", "abort", "bye", "host_probe", "round", "error")
+    __slots__ = ("id", "hello", "inventory", "check", "preflight", "prepare", "file", "restore", "commit", "status", "abort", "bye", "host_probe", "round", "link", "error")
     ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
@@ -394,6 +418,7 @@ class Reply(_message.Message):
     BYE_FIELD_NUMBER: _ClassVar[int]
     HOST_PROBE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     id: int
     hello: HelloReply
@@ -409,5 +434,6 @@ class Reply(_message.Message):
     bye: ByeReply
     host_probe: HostProbeReply
     round: RoundReply
+    link: LinkReply
     error: Error
-    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[HelloReply, _Mapping]] = ..., inventory: _Optional[_Union[InventoryReply, _Mapping]] = ..., check: _Optional[_Union[CheckReply, _Mapping]] = ..., preflight: _Optional[_Union[PreflightReply, _Mapping]] = ..., prepare: _Optional[_Union[PrepareReply, _Mapping]] = ..., file: _Optional[_Union[FileAck, _Mapping]] = ..., restore: _Optional[_Union[RestoreReply, _Mapping]] = ..., commit: _Optional[_Union[CommitReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ..., abort: _Optional[_Union[AbortReply, _Mapping]] = ..., bye: _Optional[_Union[ByeReply, _Mapping]] = ..., host_probe: _Optional[_Union[HostProbeReply, _Mapping]] = ..., round: _Optional[_Union[RoundReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[HelloReply, _Mapping]] = ..., inventory: _Optional[_Union[InventoryReply, _Mapping]] = ..., check: _Optional[_Union[CheckReply, _Mapping]] = ..., preflight: _Optional[_Union[PreflightReply, _Mapping]] = ..., prepare: _Optional[_Union[PrepareReply, _Mapping]] = ..., file: _Optional[_Union[FileAck, _Mapping]] = ..., restore: _Optional[_Union[RestoreReply, _Mapping]] = ..., commit: _Optional[_Union[CommitReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ..., abort: _Optional[_Union[AbortReply, _Mapping]] = ..., bye: _Optional[_Union[ByeReply, _Mapping]] = ..., host_probe: _Optional[_Union[HostProbeReply, _Mapping]] = ..., round: _Optional[_Union[RoundReply, _Mapping]] = ..., link: _Optional[_Union[LinkReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...

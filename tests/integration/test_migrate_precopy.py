@@ -113,8 +113,10 @@ def test_forced_pre_copy_handover_page_server_rolls_back(tmp_path: Path, nsct: N
         pytest.skip("this host tracks dirty memory; the forced failure path needs a host without it")
     env = ctenv(tmp_path, CTCONSOLE_FAULT="skip:memtrack")
     rules = veth_rules(tmp_path, nshost.bridge, "cttr" + uuid.uuid4().hex[:6])
+    # --copy-images: a netns host shares our filesystem, so by default the images would be linked
+    # there and no page server would run; this test is about the page-server path (remote hosts)
     rc, events, err = run_cli(["migrate", f"tree:{nsct.init_pid}", "--to", nshost.dest, "--rules", str(rules),
-                               "--strategy", "pre-copy", "--json"], env)
+                               "--strategy", "pre-copy", "--copy-images", "--json"], env)
     _check_forced_failure(tmp_path, events, err, rc, page_server=True)
     assert events[-1]["details"]["mode"] == "handover"
     nsct.wait_ticks(5)
