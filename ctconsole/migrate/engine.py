@@ -36,6 +36,7 @@ import ctypes
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -324,6 +325,8 @@ def compile_options(
 
 
 CLONE_NEWNET = 0x40000000
+# runtimes whose controller deletes the container's cgroup (killing its tasks) when the container stops
+RUNTIMES_OWNING_CGROUPS = frozenset({"libvirt-lxc", "lxc", "nspawn"})
 
 
 @contextlib.contextmanager
@@ -584,6 +587,8 @@ class Migration:
         self.strategy = self._choose_strategy(local, hello)
         same_kernel = (hello.boot_id == _boot_id() and hello.pidns_inode == os.stat("/proc/self/ns/pid").st_ino)
         self.mode = "handover" if (not same_kernel or c.has_own("pid")) else "sequential"
+        if hello.boot_id == _boot_id():
+            self._own_cgroup_root(c, restore_opts)
         if self.strategy == "post-copy" and self.mode != "handover":
             raise Refusal("post-copy cannot restore while the source keeps its pids (same kernel, shared pid "
                           "namespace): the source stays frozen until every page has moved",
@@ -759,6 +764,25 @@ class Migration:
         finally:
             os.close(fd)
         return token
+
+    def _own_cgroup_root(self, c: Container, restore_opts: dict[str, Any]) -> None:
+        """Same kernel, so the same cgroup tree: restore under a cgroup root of ctconsole's own.
+
+        Why: a runtime that manages its container's cgroup (libvirt_lxc, the LXC
+        monitor, systemd-machined) removes it, killing what is inside, once the
+        source init is gone; CRIU would restore the copy into that very cgroup
+        and the migrated container would die a second later. Rules that set a
+        cgroup root win.
+        """
+        if c.runtime not in RUNTIMES_OWNING_CGROUPS or restore_opts.get("cg_root"):
+            return
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", c.name or c.id)[:40]
+        # one level below the root: CRIU creates missing parents empty, and an empty cgroup-v1
+        # cpuset parent makes the child's cpuset.cpus/mems impossible to restore
+        path = f"/ctconsole-{safe}-{self.id}"
+        restore_opts["cg_root"] = [{"path": path}]
+        self.info(f"restoring under cgroup root {path}: the destination shares this kernel's cgroups, and "
+                  f"{c.runtime} removes the source's cgroup (and what is in it) once the source is gone")
 
     # -- strategy --------------------------------------------------------------------------
     def _choose_strategy(self, local: Any, hello: Any) -> str:
