@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ctconsole.lab import netns
 from ctconsole.lab.proc import ProcRef, kill, ref, start_time, wait_gone
-from ctconsole.lab.rootfs import remove_tree
-from ctconsole.lab.state import LabContainer
+from ctconsole.lab.rootfs import COUNTER_REL, remove_tree
+from ctconsole.lab.state import Ctx, LabContainer
 
 
 def pids_rooted_at(rootfs: str) -> list[int]:
@@ -110,3 +110,50 @@ def find_init(parent: int, timeout: float = 5.0) -> ProcRef | None:
             return None
         time.sleep(0.01)
     return None
+
+
+def bridged_record(
+    ctx: Ctx,
+    *,
+    name: str,
+    runtime: str,
+    root: Path,
+    owned_dir: Path,
+    address: str,
+    host_veth: str,
+    runtime_id: str = "",
+    runtime_path: str = "",
+    share_dir: str = "",
+    share_target: str = "",
+    unix_socket: str = "",
+    tcp_port: int = 0,
+) -> LabContainer:
+    """The record of a container on the lab bridge: rootfs ``root``, counter inside it, one veth.
+
+    ``owned_dir`` (and the veth) is what ``down`` removes; the rest are :class:`LabContainer` fields.
+    """
+    return LabContainer(
+        name=name,
+        runtime=runtime,
+        rootfs=str(root),
+        counter_file=str(root / COUNTER_REL),
+        address=address,
+        host_veth=host_veth,
+        bridge=ctx.bridge,
+        owned_dirs=[str(owned_dir)],
+        runtime_id=runtime_id,
+        runtime_path=runtime_path,
+        share_dir=share_dir,
+        share_target=share_target,
+        unix_socket=unix_socket,
+        tcp_port=tcp_port,
+        owned_links=[host_veth],
+    )
+
+
+def log_tail(log: Path) -> list[str]:
+    """The last five lines of a runtime's log (none when it cannot be read)."""
+    try:
+        return log.read_text().splitlines()[-5:]
+    except OSError:
+        return []

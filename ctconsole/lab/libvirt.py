@@ -170,18 +170,15 @@ def init_pid() -> int:
 
 def record(ctx: Ctx) -> LabContainer:
     base = ctx.lab / "libvirt"
-    root = base / "rootfs"
-    return LabContainer(
+    return common.bridged_record(
+        ctx,
         name=NAME,
         runtime=RUNTIME,
-        rootfs=str(root),
-        counter_file=str(root / rootfs.COUNTER_REL),
+        root=base / "rootfs",
+        owned_dir=base,
         address=ADDRESS,
         host_veth=HOST_VETH,
-        bridge=ctx.bridge,
-        owned_dirs=[str(base)],
         runtime_id=NAME,
-        owned_links=[HOST_VETH],
     )
 
 

@@ -69,19 +69,16 @@ def _stop_runtime(lxcpath: str) -> None:
 
 def record(ctx: Ctx) -> LabContainer:
     lxcpath = _lxcpath(ctx.lab)
-    root = lxcpath / NAME / "rootfs"
-    return LabContainer(
+    return common.bridged_record(
+        ctx,
         name=NAME,
         runtime=RUNTIME,
-        rootfs=str(root),
-        counter_file=str(root / rootfs.COUNTER_REL),
+        root=lxcpath / NAME / "rootfs",
+        owned_dir=lxcpath,
         address=ADDRESS,
         host_veth=HOST_VETH,
-        bridge=ctx.bridge,
-        owned_dirs=[str(lxcpath)],
         runtime_id=NAME,
         runtime_path=str(lxcpath),
-        owned_links=[HOST_VETH],
     )
 
 
@@ -110,23 +107,16 @@ def start(c: LabContainer, ctx: Ctx) -> None:
                 break
             time.sleep(0.05)
         if not pid:
-            raise LabError("lxc-start did not bring ctlab-lxc to RUNNING", _tail(log))
+            raise LabError("lxc-start did not bring ctlab-lxc to RUNNING", common.log_tail(log))
         c.init = ref(pid, "init")
         wait_for(
             lambda: common.last_counter(c.counter_file) >= 1 or not c.running(), 5.0, "the ctlab-lxc counter to tick"
         )
         if not c.running():
-            raise LabError("ctlab-lxc exited during start-up", _tail(log))
+            raise LabError("ctlab-lxc exited during start-up", common.log_tail(log))
     except LabError:
         stop(c)
         raise
-
-
-def _tail(log: Path) -> list[str]:
-    try:
-        return log.read_text().splitlines()[-5:]
-    except OSError:
-        return []
 
 
 def stop(c: LabContainer) -> None:

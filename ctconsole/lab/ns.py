@@ -63,21 +63,18 @@ def _launch_script(root: str, share: str) -> str:
 def record(ctx: Ctx) -> LabContainer:
     """What this container is made of (saved before anything is created, so ``down`` finds it)."""
     base = ctx.lab / "ns"
-    root = base / "rootfs"
-    return LabContainer(
+    return common.bridged_record(
+        ctx,
         name=NAME,
         runtime=RUNTIME,
-        rootfs=str(root),
-        counter_file=str(root / rootfs.COUNTER_REL),
+        root=base / "rootfs",
+        owned_dir=base,
         address=ADDRESS,
         host_veth=HOST_VETH,
-        bridge=ctx.bridge,
-        owned_dirs=[str(base)],
         share_dir=str(base / "share"),
         share_target=SHARE_TARGET,
         unix_socket=ctx.hostd_socket,
         tcp_port=TCP_PORT,
-        owned_links=[HOST_VETH],
     )
 
 

@@ -94,25 +94,18 @@ def start(c: LabContainer, ctx: Ctx) -> None:
             "runc to start ctlab-runc",
         )
         if not pidfile.exists() or not pidfile.read_text().strip():
-            raise LabError("runc could not start ctlab-runc", _tail(log))
+            raise LabError("runc could not start ctlab-runc", common.log_tail(log))
         c.init = ref(int(pidfile.read_text().strip()), "init")
         c.helpers += [ref(p, "stdio keeper") for p in children(sh.pid)]
         wait_for(
             lambda: common.last_counter(c.counter_file) >= 1 or not c.running(), 5.0, "the ctlab-runc counter to tick"
         )
         if not c.running():
-            raise LabError("ctlab-runc exited during start-up", _tail(log))
+            raise LabError("ctlab-runc exited during start-up", common.log_tail(log))
     except LabError:
         common.stop_processes(c)
         delete()
         raise
-
-
-def _tail(log: Path) -> list[str]:
-    try:
-        return log.read_text().splitlines()[-5:]
-    except OSError:
-        return []
 
 
 def stop(c: LabContainer) -> None:

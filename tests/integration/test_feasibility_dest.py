@@ -12,10 +12,8 @@ start) are killed, and every namespace made here is deleted.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -27,9 +25,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_migrate_netns import CTCONSOLE, ctenv, kill_pid, sh
-from tests.integration.test_migrate_ssh import ROOT, SSHD, _free_port
 from tests.support import spawn_counter
+from tests.support_hosts import CTCONSOLE, ROOT, ctenv, free_port, kill_pid, sh, throwaway_sshd
 
 
 @dataclass
@@ -209,44 +206,8 @@ class LoopbackSsh:
 @pytest.fixture
 def sshd_loopback(tmp_path: Path, needs_root: None) -> Iterator[LoopbackSsh]:
     """sshd on 127.0.0.1 (host key, user key, known_hosts all throwaway, in tmp_path)."""
-    if not os.path.exists(SSHD) or not shutil.which("ssh"):
-        pytest.skip("OpenSSH server/client not installed")
-    d = tmp_path / "ssh"
-    d.mkdir(mode=0o700)
-    for key in ("hostkey", "userkey"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
-    (d / "authorized_keys").write_text((d / "userkey.pub").read_text())
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'hostkey'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        f"PidFile {d / 'sshd.pid'}\nAllowTcpForwarding yes\nGatewayPorts no\nPermitTunnel no\nX11Forwarding no\n"
-    )
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
-    with open(d / "sshd.log", "wb") as log:
-        sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-    try:
-        hostkey = (d / "hostkey.pub").read_text().split()
-        (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {hostkey[0]} {hostkey[1]}\n")
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            with socket.socket() as s:
-                s.settimeout(0.2)
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        state, run = tmp_path / "remote-state", tmp_path / "remote-run"
-        remote_cmd = (f"env CTCONSOLE_STATE_DIR={state} CTCONSOLE_RUN_DIR={run} PYTHONPATH={ROOT} "
-                      f"{ROOT / '.venv/bin/ctconsole'}")
-        ssh_opts = (f"-F /dev/null -i {d / 'userkey'} -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes "
-                    f"-o UserKnownHostsFile={d / 'known_hosts'}")
-        yield LoopbackSsh(port, ctenv(tmp_path, CTCONSOLE_REMOTE_CMD=remote_cmd, CTCONSOLE_SSH_OPTS=ssh_opts), state)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(sshd.pid, 9)  # our sshd and the sessions it forked (same process group)
-        sshd.wait()
+    with throwaway_sshd(tmp_path, "127.0.0.1") as sshd:
+        yield LoopbackSsh(sshd.port, sshd.env, sshd.remote_state)
 
 
 def test_ssh_destination(sshd_loopback: LoopbackSsh, counter: Any, criu_bin: str, tmp_path: Path) -> None:
@@ -274,7 +235,7 @@ def test_ssh_destination(sshd_loopback: LoopbackSsh, counter: Any, criu_bin: str
 
 
 def test_ssh_destination_unreachable(sshd_loopback: LoopbackSsh, counter: Any) -> None:
-    dead = f"ssh://root@127.0.0.1:{_free_port()}"  # nothing listens there
+    dead = f"ssh://root@127.0.0.1:{free_port()}"  # nothing listens there
     rc, doc, err = check_cli([f"tree:{counter.pid}", "--to", dead], sshd_loopback.env)
     assert rc == 1 and doc["verdict"] == "infeasible", (doc, err)
     (f,) = by_rule(doc, "destination-unreachable")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,32 +21,25 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_migrate_netns import (
+from tests import support_hosts
+from tests.support import assert_continuous
+from tests.support_hosts import (
     CTCONSOLE,
     ROOT,
     NetnsHost,
     NsContainer,
     container_inits,
     ctenv,
-    kill_pid,
     make_netns_host,
     pids_running,
     remove_netns_host,
     run_cli,
     sh,
-    start_ns_container,
-    stop_ns_container,
     veth_rules,
     wait_journal,
 )
-from tests.support import assert_continuous, spawn_counter
 
-
-@pytest.fixture
-def nshost(needs_root: None) -> Iterator[NetnsHost]:
-    h = make_netns_host()
-    yield h
-    remove_netns_host(h)
+nshost, counter, nsct = support_hosts.nshost, support_hosts.counter, support_hosts.nsct  # fixtures
 
 
 @pytest.fixture
@@ -55,23 +47,6 @@ def bare_host(needs_root: None) -> Iterator[NetnsHost]:
     h = make_netns_host(bridge=False)
     yield h
     remove_netns_host(h)
-
-
-@pytest.fixture
-def counter(tmp_path: Path, criu_bin: str) -> Iterator[Any]:
-    w = spawn_counter(tmp_path, name=f"ctr-{uuid.uuid4().hex[:6]}")
-    threading.Thread(target=w.proc.wait, daemon=True).start()
-    yield w
-    for pid in pids_running(str(w.counter_file)):
-        kill_pid(pid)
-    w.kill()
-
-
-@pytest.fixture
-def nsct(tmp_path: Path, criu_bin: str) -> Iterator[NsContainer]:
-    c = start_ns_container(tmp_path)
-    yield c
-    stop_ns_container(c)
 
 
 def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

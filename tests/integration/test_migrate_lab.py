@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests import lab_fixtures
-from tests.integration.test_migrate_netns import CTCONSOLE, ROOT, ctenv, journal_records, run_cli
 from tests.lab_fixtures import assert_continuous, container, fresh, read_counter, wait_ticks
+from tests.support_hosts import CTCONSOLE, ROOT, ctenv, journal_records, run_cli
 
 lab = lab_fixtures.lab
 

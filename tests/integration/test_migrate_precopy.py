@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration import test_migrate_netns as netns_tests
-from tests.integration.test_migrate_netns import (
+from tests import support_hosts
+from tests.support import assert_continuous
+from tests.support_hosts import (
     NetnsHost,
     NsContainer,
     container_inits,
@@ -30,11 +31,10 @@ from tests.integration.test_migrate_netns import (
     run_cli,
     veth_rules,
 )
-from tests.support import assert_continuous
 
 pytestmark = [pytest.mark.root, pytest.mark.criu]
 
-counter, nshost, nsct = netns_tests.counter, netns_tests.nshost, netns_tests.nsct  # fixtures
+counter, nshost, nsct = support_hosts.counter, support_hosts.nshost, support_hosts.nsct  # fixtures
 
 
 def _mem_track() -> bool:

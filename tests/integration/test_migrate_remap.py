@@ -38,24 +38,30 @@ from typing import Any
 
 import pytest
 
-from tests import lab_fixtures
-from tests.integration import test_migrate_netns as netns_tests
-from tests.integration.test_migrate_netns import (
+from tests import lab_fixtures, support_hosts
+from tests.support import assert_continuous
+from tests.support_hosts import (
     CTCONSOLE,
     ROOT,
     NetnsHost,
+    RootfsTicks,
+    container_inits,
+    copies_of,
     ctenv,
+    journal_records,
     kill_pid,
+    launch_unshared,
     make_rootfs,
     pids_running,
     run_cli,
     sh,
+    start_ns_container,
+    stop_ns_container,
 )
-from tests.support import assert_continuous
 
 pytestmark = [pytest.mark.root, pytest.mark.criu]
 
-nshost = netns_tests.nshost  # fixture
+nshost = support_hosts.nshost  # fixture
 
 LOOP = ("mount -t proc proc /proc; umount -l /oldroot; exec </dev/null >/dev/null 2>&1; "
         "n=0; while :; do n=$((n+1)); echo $n >> /ticks; echo $n >&7; echo line $n >&8; usleep 50000; done")
@@ -115,7 +121,7 @@ class Listener:
 
 
 @dataclass
-class SockContainer:
+class SockContainer(RootfsTicks):
     launcher: subprocess.Popen[bytes]
     init_pid: int
     rootfs: Path
@@ -123,30 +129,9 @@ class SockContainer:
     log: Path
     links: list[str] = field(default_factory=list)
 
-    def ticks(self) -> list[int]:
-        try:
-            return [int(x) for x in (self.rootfs / "ticks").read_text().split()]
-        except (FileNotFoundError, ValueError):
-            return []
-
-    def wait_ticks(self, n: int, timeout: float = 10) -> None:
-        end = time.monotonic() + timeout
-        start = len(self.ticks())
-        while time.monotonic() < end:
-            if len(self.ticks()) >= start + n:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"container stalled at {len(self.ticks())} ticks")
-
     def inits(self) -> list[int]:
         """Live inits of copies of this container (its unique script; the launcher's argv names it too)."""
-        pids = set(pids_running(self.script)) - {self.launcher.pid}
-        out = []
-        for pid in pids:
-            with contextlib.suppress(OSError, ValueError):
-                if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) not in pids:
-                    out.append(pid)
-        return out
+        return copies_of(self.script, self.launcher.pid)
 
 
 def start_sock_container(tmp: Path, listener: Path) -> SockContainer:
@@ -160,19 +145,7 @@ def start_sock_container(tmp: Path, listener: Path) -> SockContainer:
     log.parent.mkdir()
     outer = (f"mount --make-rprivate /; exec {sys.executable} -S {tmp}/connect.py {listener} {log} "
              f"sh {tmp}/inner.sh")
-    launcher = subprocess.Popen(
-        ["unshare", "--pid", "--net", "--mount", "--uts", "--ipc", "--fork", "sh", "-c", outer],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
-    )
-    end = time.monotonic() + 10
-    init = 0
-    while time.monotonic() < end and not init:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            kids = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
-            init = int(kids[0]) if kids else 0
-        time.sleep(0.02)
-    assert init, "container init did not start"
+    launcher, init = launch_unshared(outer)
     c = SockContainer(launcher, init, r, script, log)
     c.wait_ticks(3)
     return c
@@ -231,7 +204,7 @@ def test_unix_and_file_rules_reconnect_on_destination(tmp_path: Path, sockct: So
                                "--json"], env)
     assert events and events[-1]["result"] == "migrated", (events[-1:], err[-3000:])
     assert rc == 0 and events[-1]["details"]["mode"] == "handover"
-    opts = next(r for r in netns_tests.journal_records(tmp_path) if r.get("kind") == "options")
+    opts = next(r for r in journal_records(tmp_path) if r.get("kind") == "options")
     assert sorted(i["how"] for i in opts["inherit"]) == ["connect-unix", "open-file"], opts["inherit"]
     sockct.wait_ticks(10)
     inits = sockct.inits()
@@ -278,13 +251,13 @@ def fake_sysfs(root: Path, pf: str, vfs: dict[int, tuple[str, bool]]) -> Path:
 
 @pytest.fixture
 def plainct(tmp_path: Path, criu_bin: str) -> Iterator[Any]:
-    """The ns container of test_migrate_netns without its veth (only lo in its netns)."""
-    c = netns_tests.start_ns_container(tmp_path)
+    """The ns container of the netns migration tests without its veth (only lo in its netns)."""
+    c = start_ns_container(tmp_path)
     sh("ip", "link", "del", c.host_veth, check=False)
     yield c
-    for pid in netns_tests.container_inits(c):
+    for pid in container_inits(c):
         kill_pid(pid)
-    netns_tests.stop_ns_container(c)
+    stop_ns_container(c)
 
 
 def test_vf_pool_moves_a_free_link_into_the_restored_netns(tmp_path: Path, plainct: Any,
@@ -302,10 +275,10 @@ def test_vf_pool_moves_a_free_link_into_the_restored_netns(tmp_path: Path, plain
                                "--probe", "ip link show data0", "--json"], env)
     assert events and events[-1]["result"] == "migrated", (events[-1:], err[-3000:])
     assert rc == 0
-    opts = next(r for r in netns_tests.journal_records(tmp_path) if r.get("kind") == "options")
+    opts = next(r for r in journal_records(tmp_path) if r.get("kind") == "options")
     assert opts["setup_ns"] == [{"action": "move-vf", "interface": "data0", "pf": pf, "vfs": [0, 1],
                                  "any_vf": False}]
-    inits = netns_tests.container_inits(plainct)
+    inits = container_inits(plainct)
     assert len(inits) == 1, inits
     inside = json.loads(sh("nsenter", "-t", str(inits[0]), "-n", "ip", "-j", "link", "show").stdout)
     assert "data0" in [ln["ifname"] for ln in inside], inside
@@ -329,7 +302,7 @@ def test_vf_pool_without_a_free_vf_keeps_the_source(tmp_path: Path, plainct: Any
     assert done["result"] == "rolled-back" and done["details"]["source"] == "running", done
     assert any("no free VF" in e for e in [done["message"], *done["details"]["errors"]]), done
     plainct.wait_ticks(5)
-    assert netns_tests.container_inits(plainct) == [plainct.init_pid]
+    assert container_inits(plainct) == [plainct.init_pid]
     assert_continuous(plainct.ticks())
     assert not nshost.pids(), nshost.pids()
 

@@ -10,116 +10,19 @@ agent with the system ssh client; the page server on the far side listens on
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import threading
-import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.test_migrate_netns import (
-    NetnsHost,
-    NsContainer,
-    container_inits,
-    ctenv,
-    kill_pid,
-    make_netns_host,
-    pids_running,
-    remove_netns_host,
-    run_cli,
-    start_ns_container,
-    stop_ns_container,
-    veth_rules,
-)
-from tests.support import assert_continuous, spawn_counter
+from tests import support_hosts
+from tests.support import assert_continuous
+from tests.support_hosts import NsContainer, SshHost, container_inits, pids_running, run_cli, veth_rules
 
-SSHD = "/usr/sbin/sshd"
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class SshHost:
-    host: NetnsHost
-    port: int
-    env: dict[str, str]
-
-    @property
-    def dest(self) -> str:
-        return f"ssh://root@{self.host.ns_addr}:{self.port}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def sshhost(tmp_path: Path, needs_root: None) -> Iterator[SshHost]:
-    if not os.path.exists(SSHD) or not shutil.which("ssh"):
-        pytest.skip("OpenSSH server/client not installed")
-    h = make_netns_host()
-    d = tmp_path / "ssh"
-    d.mkdir(mode=0o700)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "hostkey")], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "userkey")], check=True)
-    (d / "authorized_keys").write_text((d / "userkey.pub").read_text())
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress {h.ns_addr}\nHostKey {d / 'hostkey'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        f"PidFile {d / 'sshd.pid'}\nAllowTcpForwarding yes\nGatewayPorts no\nPermitTunnel no\nX11Forwarding no\n"
-    )
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
-    with open(d / "sshd.log", "wb") as log:
-        sshd = subprocess.Popen(["ip", "netns", "exec", h.name, SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                start_new_session=True)
-    hostkey = (d / "hostkey.pub").read_text().split()
-    (d / "known_hosts").write_text(f"[{h.ns_addr}]:{port} {hostkey[0]} {hostkey[1]}\n")
-    end = time.monotonic() + 10
-    while time.monotonic() < end:
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex((h.ns_addr, port)) == 0:
-                break
-        time.sleep(0.05)
-    state, run = tmp_path / "remote-state", tmp_path / "remote-run"
-    remote_cmd = (f"env CTCONSOLE_STATE_DIR={state} CTCONSOLE_RUN_DIR={run} PYTHONPATH={ROOT} "
-                  f"{ROOT / '.venv/bin/ctconsole'}")
-    ssh_opts = (f"-F /dev/null -i {d / 'userkey'} -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes "
-                f"-o UserKnownHostsFile={d / 'known_hosts'}")
-    env = ctenv(tmp_path, CTCONSOLE_REMOTE_CMD=remote_cmd, CTCONSOLE_SSH_OPTS=ssh_opts)
-    yield SshHost(h, port, env)
-    os.killpg(sshd.pid, 9)
-    sshd.wait()
-    remove_netns_host(h)
-
-
-@pytest.fixture
-def counter(tmp_path: Path, criu_bin: str) -> Iterator[Any]:
-    w = spawn_counter(tmp_path, name=f"ctr-{uuid.uuid4().hex[:6]}")
-    threading.Thread(target=w.proc.wait, daemon=True).start()
-    yield w
-    for pid in pids_running(str(w.counter_file)):
-        kill_pid(pid)
-    w.kill()
-
-
-@pytest.fixture
-def nsct(tmp_path: Path, criu_bin: str) -> Iterator[NsContainer]:
-    c = start_ns_container(tmp_path)
-    yield c
-    for pid in container_inits(c):
-        kill_pid(pid)
-    stop_ns_container(c)
+counter, nsct, sshhost = support_hosts.counter, support_hosts.nsct, support_hosts.sshhost  # fixtures
 
 
 def test_ssh_counter(sshhost: SshHost, counter: Any) -> None:

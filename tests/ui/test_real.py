@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import importlib
 import os
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,12 @@ from textual.widgets import DataTable, Static
 
 from ctconsole.ui.app import CtConsoleApp, create_app
 from ctconsole.ui.backend import RealBackend
+from tests import support_hosts
+from tests.ui.pilot_wait import until
 
 lab_fixtures = pytest.importorskip("tests.lab_fixtures", reason="the lab fixtures are not in this checkout")
 lab = lab_fixtures.lab  # session fixture: the lab containers are up
+nshost = support_hosts.nshost  # a network namespace standing in for the destination host
 
 SIZE = (80, 24)
 NS_CONTAINER = "ctlab-ns"
@@ -44,33 +46,8 @@ def real_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, needs_root: None) 
     return tmp_path
 
 
-@pytest.fixture
-def nshost(needs_root: None) -> Iterator[object]:
-    """A network namespace standing in for the destination host (the migration tests' helper)."""
-    mig = pytest.importorskip("tests.integration.test_migrate_netns")
-    h = mig.make_netns_host()
-    yield h
-    mig.remove_netns_host(h)
-
-
 def real_app() -> CtConsoleApp:
     return create_app(RealBackend(), refresh_interval=0, remember=False)
-
-
-async def until(pilot: Pilot, cond: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        await pilot.pause(0.05)
-    notes = [str(n.message) for n in pilot.app._notifications]
-    panel = ""
-    if type(pilot.app.screen).__name__ == "ErrorScreen":
-        panel = str(pilot.app.screen.query_one("#error-body", Static).render())
-    raise AssertionError(
-        f"{what} did not happen in {timeout}s; screen={pilot.app.screen!r}; "
-        f"notifications={notes}; error panel:\n{panel}"
-    )
 
 
 async def scanned(pilot: Pilot) -> None:

@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from textual.pilot import Pilot
 from textual.widgets import DataTable, OptionList, Static
 
 from ctconsole.ui.app import create_app
 from ctconsole.ui.backend import RealBackend
-from tests.integration import test_migrate_ssh as ssh_fixtures
+from tests import support_hosts
+from tests.ui.pilot_wait import until
 
 SIZE = (80, 24)
-sshhost = ssh_fixtures.sshhost  # a real sshd in a netns, with throwaway keys (the ssh migration tests')
+sshhost = support_hosts.sshhost  # a real sshd in a netns, with throwaway keys (as the ssh migration tests use)
 
 
 @pytest.fixture
@@ -37,16 +36,6 @@ def netns() -> Iterator[str]:
     subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
     yield name
     subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-async def until(pilot: Pilot, cond: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        await pilot.pause(0.05)
-    notes = [str(n.message) for n in pilot.app._notifications]
-    raise AssertionError(f"{what} did not happen in {timeout}s; screen={pilot.app.screen!r}; notes={notes}")
 
 
 async def test_remote_host_lists_through_the_agent(netns: str) -> None:
@@ -131,7 +120,7 @@ async def test_unreachable_host_is_an_error_not_a_crash(netns: str) -> None:
     assert app._exception is None
 
 
-async def test_ssh_host_one_session(sshhost: ssh_fixtures.SshHost, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_ssh_host_one_session(sshhost: support_hosts.SshHost, monkeypatch: pytest.MonkeyPatch) -> None:
     """ssh:// is what --host is for: the inventory comes over one ssh session, reused by refreshes."""
     for key in ("CTCONSOLE_REMOTE_CMD", "CTCONSOLE_SSH_OPTS"):
         monkeypatch.setenv(key, sshhost.env[key])
