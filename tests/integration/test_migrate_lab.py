@@ -85,8 +85,9 @@ def labhost2(lab: Any) -> Iterator[Any]:
 def test_lab_libvirt_lxc_with_console(tmp_path: Path, labhost2: Any) -> None:
     """libvirt-lxc: the console PTY master comes back by notify and the keeper holds it.
 
-    The restore goes to its own cgroup root: libvirt removes (and kills) the
-    domain's cgroup once the source init is gone, which would take the
+    No cgroup rule: libvirt removes (and kills) the domain's cgroup once the
+    source init is gone, which would take a tree restored into it along; on
+    the same kernel the engine restores under its own cgroup root. That
     restored tree with it.
     """
     import os
@@ -98,13 +99,17 @@ def test_lab_libvirt_lxc_with_console(tmp_path: Path, labhost2: Any) -> None:
     wait_ticks(c, 3)
     meminfo = tmp_path / "meminfo"
     meminfo.write_text(Path("/proc/meminfo").read_text())
-    rules = _suggest("ctlab-lv", tmp_path, '  [[container.rule]]\n  kind = "cgroup"\n  root = "/ctmig-lv"\n')
+    rules = _suggest("ctlab-lv", tmp_path)
     rules.write_text(rules.read_text().replace('path = "/meminfo"', f'path = "{meminfo}"'))
     _rc, events, err = run_cli(["migrate", "ctlab-lv", "--to", f"netns:{labhost2.netns}", "--rules", str(rules),
                                "--source-netns", labhost2.src_netns, "--json"], ctenv(tmp_path))
     assert events and events[-1]["result"] == "migrated", (events[-1:], err[-2000:])
     sock = events[-1]["details"]["console_socket"]
     wait_ticks(container("ctlab-lv"), 20, timeout=15)  # survives libvirt's cleanup of the old domain
+    lv = container("ctlab-lv")
+    assert lv.init is not None
+    cg = Path(f"/proc/{lv.init.pid}/cgroup").read_text()
+    assert ":/ctconsole-ctlab-lv-" in cg, cg
     assert_continuous(read_counter(container("ctlab-lv")))
     m = fetch_master(sock)
     try:
@@ -175,8 +180,7 @@ def test_lab_lxc_container_to_lab_host(tmp_path: Path, labhost2: Any) -> None:
     """LXC sets PR_SET_PDEATHSIG=SIGKILL on the container init and CRIU restores it: a restore whose
     parent exits (the criu swrk worker) kills the init at once. The keeper restores with rst_sibling
     and stays the parent; the counter continues on the destination without gap or repeat."""
-    c2, _rec, _env = _migrate_runtime(
-        "ctlab-lxc", tmp_path, labhost2, '  [[container.rule]]\n  kind = "cgroup"\n  root = "/ctmig-lxc"\n')
+    c2, _rec, _env = _migrate_runtime("ctlab-lxc", tmp_path, labhost2)  # no cgroup rule: the engine's own root
     link = subprocess.run(["ip", "-n", labhost2.netns, "-o", "link", "show", "master", "ctlab0"],
                           capture_output=True, text=True).stdout
     assert "vctlab-lxc" in link, link
