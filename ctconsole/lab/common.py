@@ -157,3 +157,10 @@ def log_tail(log: Path) -> list[str]:
         return log.read_text().splitlines()[-5:]
     except OSError:
         return []
+
+
+def veth_conflict(host_veth: str) -> str:
+    """A host-side veth of this name that the lab's state does not record ("" when none)."""
+    if netns.link_exists(host_veth):
+        return f"link {host_veth} exists but is not recorded in this lab's state"
+    return ""

@@ -252,8 +252,8 @@ def stop_daemons(virtlogd: ProcRef | None, libvirtd: ProcRef | None) -> None:
 
 def conflict() -> str:
     """Why starting would touch something this lab did not record ("" when nothing is in the way)."""
-    if netns.link_exists(HOST_VETH):
-        return f"link {HOST_VETH} exists but is not recorded in this lab's state"
+    if why := common.veth_conflict(HOST_VETH):
+        return why
     if _pid_from(LIBVIRTD_PIDFILE) and domain_state():
         return f"libvirt domain {NAME} exists but is not recorded in this lab's state"
     return ""

@@ -128,6 +128,4 @@ def stop(c: LabContainer) -> None:
 
 def conflict() -> str:
     """Why starting would touch something this lab did not record ("" when nothing is in the way)."""
-    if netns.link_exists(HOST_VETH):
-        return f"link {HOST_VETH} exists but is not recorded in this lab's state"
-    return ""
+    return common.veth_conflict(HOST_VETH)

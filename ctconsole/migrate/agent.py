@@ -41,7 +41,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -318,13 +317,9 @@ class Agent:
         except CtError as exc:
             log.error("CRIU unusable here: %s", exc.message)
         if msg.cpuinfo_img:
-            with tempfile.TemporaryDirectory(prefix="ctconsole-cpu-") as d:
-                Path(d, "cpuinfo.img").write_bytes(msg.cpuinfo_img)
-                try:
-                    client.cpuinfo_check(Path(d))
-                    r.cpuinfo_ok, r.cpuinfo_detail = True, "CPU compatible with the source"
-                except CtError as exc:
-                    r.cpuinfo_ok, r.cpuinfo_detail = False, exc.message
+            from ctconsole.migrate.hostprobe import cpuinfo_check_blob
+
+            r.cpuinfo_ok, r.cpuinfo_detail = cpuinfo_check_blob(client, msg.cpuinfo_img)
         else:
             r.cpuinfo_ok, r.cpuinfo_detail = True, "not checked (no cpuinfo from the source)"
         from ctconsole.migrate.selftest import cached_result

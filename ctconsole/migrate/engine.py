@@ -1014,14 +1014,7 @@ class Migration:
     def _handover(self, images: Path, restore_opts: dict[str, Any], probe: list[str]) -> bool:
         """Inside post-dump: images over, restore, probe. True = release the source."""
         try:
-            self.phase("transfer", "sending images")
-            _fault("transfer", self.aborted)
-            self._send_images(images)
-            self._check_abort()
-            _fault("restore", self.aborted)
-            self._restore_remote(restore_opts, probe)
-            self._check_abort()
-            _fault("ack", self.aborted)
+            self._transfer_and_restore(images, restore_opts, probe)
             return True
         except (CtError, OSError) as exc:
             self.info(f"handover failed: {exc}; resuming the source", "error")
@@ -1088,6 +1081,14 @@ class Migration:
     def _sequential_restore(self, images: Path, restore_opts: dict[str, Any], probe: list[str]) -> None:
         for pid in self.tree_pids:
             _wait_gone(pid, 20.0)
+        self._transfer_and_restore(images, restore_opts, probe)
+
+    def _transfer_and_restore(self, images: Path, restore_opts: dict[str, Any], probe: list[str]) -> None:
+        """Images to the destination, restore there (+ probe): the step both modes share.
+
+        The fault points (transfer, restore, ack) are where the fault-injection
+        tests kill or abort; they sit at the same places in both modes.
+        """
         self.phase("transfer", "sending images")
         _fault("transfer", self.aborted)
         self._send_images(images)

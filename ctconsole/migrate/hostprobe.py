@@ -22,6 +22,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ctconsole.config import state_dir
 from ctconsole.errors import CtError
@@ -36,6 +37,20 @@ LINK_RE = re.compile(r"^[A-Za-z0-9_@+=.,%#-]{1,15}$")
 
 class BadProbe(ValueError):
     """The console's request is malformed; the agent answers ``bad-request``."""
+
+
+def cpuinfo_check_blob(client: Any, blob: bytes) -> tuple[bool, str]:
+    """CPUINFO_CHECK of the source's ``cpuinfo.img`` (bytes) against this CPU: (compatible, detail).
+
+    CRIU reads the image from an images dir, so it goes into a private scratch dir first.
+    """
+    with tempfile.TemporaryDirectory(prefix="ctconsole-cpu-") as d:
+        Path(d, "cpuinfo.img").write_bytes(blob)
+        try:
+            client.cpuinfo_check(Path(d))
+        except CtError as exc:
+            return False, exc.message
+    return True, "CPU compatible with the source"
 
 
 def images_root_path() -> Path:
@@ -105,13 +120,8 @@ def answer(msg: agent_pb2.HostProbeRequest) -> agent_pb2.HostProbeReply:
                     r.criu_check_ok = False
                     r.criu_check_detail = "; ".join([exc.message, *exc.details[:3]])[:1000]
         if msg.cpuinfo_img:
-            with tempfile.TemporaryDirectory(prefix="ctconsole-cpu-") as d:
-                Path(d, "cpuinfo.img").write_bytes(msg.cpuinfo_img)
-                try:
-                    client.cpuinfo_check(Path(d))
-                    r.cpuinfo_ok, r.cpuinfo_detail = True, "CPU compatible with the source"
-                except CtError as exc:
-                    r.cpuinfo_ok, r.cpuinfo_detail = False, exc.message[:1000]
+            r.cpuinfo_ok, detail = cpuinfo_check_blob(client, msg.cpuinfo_img)
+            r.cpuinfo_detail = detail[:1000]
     if msg.images_space:
         where = images_root_path()
         r.images_dir, r.images_free = str(where), free_bytes(where)
