@@ -2,7 +2,7 @@
 
 Why before anything is frozen: operators used to learn it from a CRIU log after
 a failed dump. :func:`check` runs the static rules over the inventory
-(:mod:`ctconsole.feasibility.rules`), the CRIU/kernel checks on source and
+(:mod:`ctconsole.feasibility.checks`), the CRIU/kernel checks on source and
 destination (:mod:`.host`), optionally a real leave-running trial dump
 (:mod:`.trial`), merges the operator's remap rules, and returns a
 :class:`Report` with a verdict and the exact CRIU dump/restore options.

@@ -58,7 +58,7 @@ RuleFn = Callable[[Context], Iterable[Finding]]
 
 
 @dataclass(frozen=True)
-class Rule:
+class Check:
     id: str
     severity: str  # the usual severity (a rule may emit others, e.g. info when harmless)
     title: str
@@ -69,7 +69,7 @@ class Rule:
         yield from self.fn(ctx)
 
 
-CATALOGUE: dict[str, Rule] = {}
+CATALOGUE: dict[str, Check] = {}
 
 
 def rule(rule_id: str, severity: str, title: str, remedy: str = "") -> Callable[[RuleFn], RuleFn]:
@@ -80,7 +80,7 @@ def rule(rule_id: str, severity: str, title: str, remedy: str = "") -> Callable[
     def deco(fn: RuleFn) -> RuleFn:
         if rule_id in CATALOGUE:
             raise ValueError(f"duplicate rule id {rule_id}")
-        CATALOGUE[rule_id] = Rule(rule_id, severity, title, fn, remedy)
+        CATALOGUE[rule_id] = Check(rule_id, severity, title, fn, remedy)
         return fn
 
     return deco
@@ -88,7 +88,7 @@ def rule(rule_id: str, severity: str, title: str, remedy: str = "") -> Callable[
 
 def run_all(ctx: Context) -> list[Finding]:
     """Run every registered rule; a rule that crashes becomes an info finding, not a crash."""
-    from ctconsole.feasibility import rules as _rules  # noqa: F401  (registers the rules)
+    from ctconsole.feasibility import checks as _checks  # noqa: F401  (registers the checks)
 
     out: list[Finding] = []
     for r in CATALOGUE.values():
@@ -109,6 +109,6 @@ def run_all(ctx: Context) -> list[Finding]:
 
 def describe() -> list[dict[str, Any]]:
     """The catalogue as rows (id, severity, title, remedy) for docs and the UI."""
-    from ctconsole.feasibility import rules as _rules  # noqa: F401
+    from ctconsole.feasibility import checks as _checks  # noqa: F401
 
     return [{"id": r.id, "severity": r.severity, "title": r.title, "remedy": r.remedy} for r in CATALOGUE.values()]

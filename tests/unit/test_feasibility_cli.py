@@ -12,7 +12,7 @@ from ctconsole.errors import NotFound
 from ctconsole.feasibility import Finding, _reconcile
 from ctconsole.feasibility import host as _host
 from ctconsole.model import Container, Process, Socket
-from tests.unit.test_feasibility_rules import FakeProbe, proc, unix
+from tests.unit.test_feasibility_checks import FakeProbe, proc, unix
 
 _REAL_PROBE_FOR = _host.probe_for  # captured at import, before the autouse fixture replaces it
 

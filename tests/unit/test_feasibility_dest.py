@@ -15,7 +15,7 @@ from ctconsole.feasibility.host import DestNeed, ProbeResult, destination_needs,
 from ctconsole.migrate import hostprobe
 from ctconsole.migrate.channel import ChannelError
 from ctconsole.proto import agent_pb2
-from tests.unit.test_feasibility_rules import FakeProbe, ct
+from tests.unit.test_feasibility_checks import FakeProbe, ct
 
 
 # -- agent side ---------------------------------------------------------------------------

@@ -411,7 +411,7 @@ def test_broken_rule_becomes_info(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(ctx: Context) -> list[Finding]:
         raise RuntimeError("x")
 
-    monkeypatch.setitem(catalogue.CATALOGUE, "boom", catalogue.Rule("boom", "info", "t", boom))
+    monkeypatch.setitem(catalogue.CATALOGUE, "boom", catalogue.Check("boom", "info", "t", boom))
     fs = static_findings(ct())
     assert any(f.rule == "boom" and "could not run" in f.message for f in fs)
 
