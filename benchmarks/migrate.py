@@ -22,6 +22,13 @@ methods alike, and the table shows medians (gap min-max next to them):
 - ctconsole ps: pages to the destination's CRIU page server, linking off.
 
     .venv/bin/python benchmarks/migrate.py [--sizes 16,256,1024] [--repeat 5]
+    .venv/bin/python benchmarks/migrate.py --isolated [--rates unshaped,1gbit,100mbit] [--slow]
+
+``--isolated`` (issue #13) measures over an isolated lab host instead (``ctconsole lab host
+add NAME --isolated``, shaped with tbf): raw CRIU by hand over the same SSH link (``criu
+page-server`` there, ``criu dump --page-server`` through ``ssh -L`` on one control master, the
+other images with tar over it, ``criu restore`` there) against ``ctconsole migrate`` stop-copy
+(pages down the page channel during the dump). 1 GiB at 100 Mbit/s is skipped unless ``--slow``.
 """
 
 from __future__ import annotations
@@ -206,10 +213,18 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5, help="runs per method and size (medians are reported)")
     ap.add_argument("--methods", default=",".join(k for k, _, _ in METHODS),
                     help="comma separated subset of " + ",".join(k for k, _, _ in METHODS))
+    ap.add_argument("--isolated", action="store_true",
+                    help="the isolated-host table: raw CRIU over the same SSH link vs ctconsole stop-copy")
+    ap.add_argument("--rates", default="unshaped,1gbit,100mbit", help="--isolated: link rates to measure")
+    ap.add_argument("--slow", action="store_true", help="--isolated: also run 1 GiB at 100mbit (~90 s a run)")
+    ap.add_argument("--host", default="f2bench", help="--isolated: the lab host's name")
+    ap.add_argument("--keep-host", action="store_true", help="--isolated: leave the lab host up")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/migrate.py needs root", file=sys.stderr)
         return 1
+    if a.isolated:
+        return isolated_main(a)
     wanted = [m for m in METHODS if m[0] in a.methods.split(",") or m[0] == "raw"]
     tmp = Path(tempfile.mkdtemp(prefix="ctbench-", dir="/var/tmp"))
     os.chmod(tmp, 0o700)
@@ -225,7 +240,7 @@ def main() -> int:
         sh("ip", "link", "set", hv, "up")
         sh("ip", "-n", ns, "addr", "add", "198.19.254.2/30", "dev", "uplink")
         sh("ip", "-n", ns, "link", "set", "uplink", "up")
-        from ctconsole.migrate.selftest import lazy_pages_works
+        from ctconsole.criu.selftest import lazy_pages_works
 
         lazy_ok, lazy_reason = lazy_pages_works()
         results: dict[int, dict[str, list[dict[str, Any]]]] = {}
@@ -275,6 +290,269 @@ def main() -> int:
     finally:
         sh("ip", "link", "del", hv, check=False)
         sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+
+# -- over an isolated lab host (issue #13): raw CRIU through the same SSH link vs ctconsole -------------
+UDP_WORKLOAD = r"""
+import os, socket, sys, time
+os.setsid()
+addr, port, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+buf = bytearray(mib << 20)
+for i in range(0, len(buf), 4096):
+    buf[i] = 1
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+n = 0
+while True:
+    n += 1
+    try:
+        s.sendto(b"%d" % n, (addr, port))
+    except OSError:
+        pass
+    time.sleep(0.01)
+"""
+
+
+class UdpTicks:
+    """The workload's ticks as seen from here: UDP datagrams to the source end of the lab link.
+
+    Why UDP: the isolated host shares no writable path with us, so a tick file
+    cannot follow the workload; the receive times (one clock, ours) give the gap.
+    """
+
+    def __init__(self, addr: str) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((addr, 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.got: list[tuple[int, float]] = []
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop:
+            try:
+                data = self.sock.recv(64)
+            except OSError:
+                continue
+            with contextlib.suppress(ValueError):
+                self.got.append((int(data), time.monotonic()))
+
+    def count(self) -> int:
+        return len(self.got)
+
+    def wait_more(self, n: int, timeout: float = 60) -> None:
+        start, end = self.count(), time.monotonic() + timeout
+        while self.count() < start + n and time.monotonic() < end:
+            time.sleep(0.02)
+
+    def max_gap(self) -> float:
+        ts = [t for _, t in self.got]
+        return max((b - a for a, b in itertools.pairwise(ts)), default=0.0)
+
+    def close(self) -> None:
+        self.stop = True
+        self.thread.join(1)
+        self.sock.close()
+
+
+class UdpWorkload:
+    def __init__(self, d: Path, mib: int, addr: str) -> None:
+        self.ticks = UdpTicks(addr)
+        self.marker = f"ctbw-{uuid.uuid4().hex[:8]}"
+        (d / f"{self.marker}.py").write_text(UDP_WORKLOAD)
+        self.launcher = subprocess.Popen(
+            ["unshare", "--pid", "--fork", sys.executable, "-S", str(d / f"{self.marker}.py"), addr,
+             str(self.ticks.port), str(mib)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True)
+        threading.Thread(target=self.launcher.wait, daemon=True).start()
+        end = time.monotonic() + 120
+        self.pid = 0
+        while time.monotonic() < end:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                kids = Path(f"/proc/{self.launcher.pid}/task/{self.launcher.pid}/children").read_text().split()
+                self.pid = int(kids[0])
+            if self.pid and self.ticks.count() > 5:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("workload did not start")
+
+    def continuous(self) -> bool:
+        ns = [n for n, _ in self.ticks.got]
+        return all(b == a + 1 for a, b in itertools.pairwise(ns))
+
+    def close(self) -> None:
+        kill_marked(self.marker)  # here or on the isolated host: the same kernel, real pids
+        self.ticks.close()
+
+
+class SshLink:
+    """A control master to the isolated host, as ctconsole opens one (same options: same cipher)."""
+
+    def __init__(self, tmp: Path, address: str) -> None:
+        self.target = f"root@{address}"
+        self.ctl = tmp / f"raw-ctl-{uuid.uuid4().hex[:6]}"
+        self.master = subprocess.Popen(["ssh", "-o", "BatchMode=yes", "-o", "ControlMaster=yes", "-o",
+                                        f"ControlPath={self.ctl}", "-N", "-T", self.target],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 20
+        while not self.ctl.exists() and time.monotonic() < end:
+            time.sleep(0.05)
+
+    def argv(self, *args: str) -> list[str]:
+        return ["ssh", "-o", "BatchMode=yes", "-o", f"ControlPath={self.ctl}", *args, self.target]
+
+    def run(self, cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.argv(), cmd], capture_output=True, text=True, timeout=600, **kw)
+
+    def close(self) -> None:
+        self.master.kill()
+        self.master.wait()
+
+
+def raw_over_ssh(tmp: Path, mib: int, host: Any, link: SshLink) -> dict[str, Any]:
+    """By hand: criu page-server there, criu dump --page-server through an ssh -L forward, tar the rest, restore."""
+    from ctconsole.config import criu_binary
+    from ctconsole.migrate.netns import free_port
+
+    criu = criu_binary()
+    w = UdpWorkload(tmp, mib, host.src_address)
+    tag = uuid.uuid4().hex[:6]
+    src = tmp / f"raw-src-{tag}"
+    src.mkdir()
+    dst = f"/var/tmp/rawbench-{tag}"
+    rport, lport = 27000 + int(tag[:3], 16) % 2000, free_port()
+    try:
+        link.run(f"mkdir -p {dst}")
+        ps = subprocess.Popen([*link.argv(), f"{criu} page-server -D {dst} --address 127.0.0.1 --port {rport} "
+                               "-o ps.log"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+        subprocess.run(link.argv("-O", "forward", "-L", f"127.0.0.1:{lport}:127.0.0.1:{rport}"), check=True,
+                       capture_output=True, timeout=30)
+        end = time.monotonic() + 20
+        while time.monotonic() < end and link.run(f"ss -Htln 'sport = :{rport}'").stdout.strip() == "":
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        sh(criu, "dump", "-t", str(w.pid), "-D", str(src), "-o", "dump.log", "--page-server", "--address",
+           "127.0.0.1", "--port", str(lport))
+        t1 = time.monotonic()
+        ps.wait(timeout=120)
+        tar = subprocess.Popen(["tar", "-C", str(src), "-cf", "-", "."], stdout=subprocess.PIPE)
+        subprocess.run([*link.argv(), f"tar -C {dst} -xf -"], stdin=tar.stdout, check=True, timeout=600,
+                       capture_output=True)
+        tar.wait()
+        t2 = time.monotonic()
+        r = link.run(f"{criu} restore -D {dst} -d -o restore.log")
+        t3 = time.monotonic()
+        if r.returncode != 0:
+            raise RuntimeError(f"raw restore failed: {r.stderr[-500:]}")
+        w.ticks.wait_more(20)
+        return {"total": t3 - t0, "dump": t1 - t0, "copy": t2 - t1, "restore": t3 - t2,
+                "frozen_ms": frozen_ms(src / "stats-dump"), "gap": w.ticks.max_gap(), "ok": float(w.continuous())}
+    finally:
+        subprocess.run(link.argv("-O", "cancel", "-L", f"127.0.0.1:{lport}:127.0.0.1:{rport}"),
+                       capture_output=True, timeout=30, check=False)
+        w.close()
+        link.run(f"rm -rf {dst}")
+        shutil.rmtree(src, ignore_errors=True)
+
+
+def ctconsole_over_ssh(tmp: Path, mib: int, host: Any) -> dict[str, Any]:
+    from ctconsole.migrate import events as ev
+    from ctconsole.migrate.engine import Migration, MigrationRequest
+
+    w = UdpWorkload(tmp, mib, host.src_address)
+    got: dict[str, float] = {}
+
+    def on(e: object) -> None:
+        if isinstance(e, ev.Downtime):
+            got["downtime"] = e.seconds
+        elif isinstance(e, ev.FrozenTime):
+            got["frozen_ms"] = e.seconds * 1000
+
+    try:
+        t0 = time.monotonic()
+        done = Migration(MigrationRequest(ref=f"tree:{w.pid}", dest=host.dest, timeout=600), on).run()
+        t1 = time.monotonic()
+        if done.result != "migrated":
+            raise RuntimeError(f"{done.result}: {done.message} {done.details.get('errors')}")
+        w.ticks.wait_more(20)
+        return {"total": t1 - t0, "frozen_ms": got.get("frozen_ms", float("nan")),
+                "downtime": got.get("downtime", float("nan")), "gap": w.ticks.max_gap(), "ok": float(w.continuous()),
+                "timeline": done.details.get("timeline", {})}
+    finally:
+        w.close()
+
+
+def isolated_main(a: argparse.Namespace) -> int:
+    """The isolated-host table: raw CRIU over the same SSH link vs ctconsole stop-copy, per size and rate."""
+    from ctconsole import lab
+
+    tmp = Path(tempfile.mkdtemp(prefix="ctbench-", dir="/var/tmp"))
+    os.chmod(tmp, 0o700)
+    os.environ.setdefault("CTCONSOLE_STATE_DIR", str(tmp / "state"))
+    os.environ.setdefault("CTCONSOLE_RUN_DIR", str(tmp / "run"))
+    name = a.host
+    host = lab.host_add(name, isolated=True)
+    link = SshLink(tmp, host.address)
+    rates = [r for r in a.rates.split(",")]
+    rows: list[tuple[str, int, dict[str, list[dict[str, Any]]]]] = []
+    try:
+        for rate in rates:
+            lab.host_shape(name, "" if rate == "unshaped" else rate, "")
+            for mib in [int(x) for x in a.sizes.split(",")]:
+                if mib >= 1024 and rate == "100mbit" and not a.slow:
+                    print(f"skipping {mib} MiB at 100mbit (about {mib * 8 / 100:.0f} s a run; --slow runs it)",
+                          file=sys.stderr)
+                    continue
+                per: dict[str, list[dict[str, Any]]] = {"raw": [], "ct": []}
+                for i in range(a.repeat):
+                    for key in ("raw", "ct"):
+                        try:
+                            r = (raw_over_ssh(tmp, mib, host, link) if key == "raw"
+                                 else ctconsole_over_ssh(tmp, mib, host))
+                        except Exception as exc:  # one failed run must not lose the table
+                            print(f"{rate} {mib} MiB run {i + 1} {key}: FAILED {exc}", file=sys.stderr, flush=True)
+                            continue
+                        per[key].append(r)
+                        print(f"{rate} {mib} MiB run {i + 1} {key}: gap {r['gap'] * 1000:.0f} ms, total "
+                              f"{r['total']:.2f} s" + (f", timeline {r['timeline']}" if r.get("timeline") else ""),
+                              file=sys.stderr, flush=True)
+                rows.append((rate, mib, per))
+        print()
+        print("isolated host (own netns + mount ns + sshd; same kernel), ssh://root@" + host.address)
+        print("workload: python in its own pid ns, N MiB touched, a UDP tick every 10 ms to this host; "
+              "gap = longest pause between two ticks as received here")
+        print("raw = criu page-server there + criu dump --page-server through ssh -L on one control master + "
+              "tar of the other images over it + criu restore -d there (no checks, no way back)")
+        print(f"medians of {a.repeat} interleaved runs")
+        hdr = (f"{'rate':>9} {'size':>8}  {'raw total':>9} {'raw gap':>8}  {'ct total':>9} {'ct gap':>8}  "
+               f"{'total x':>7} {'gap x':>6} {'ok':>5}")
+        print(hdr)
+        print("-" * len(hdr))
+        for rate, mib, per in rows:
+            if not per["raw"] or not per["ct"]:
+                print(f"{rate:>9} {f'{mib}MiB':>8}  (no successful run of {'raw' if not per['raw'] else 'ctconsole'})")
+                continue
+            rt, rg = med(per["raw"], "total"), med(per["raw"], "gap")
+            ct, cg = med(per["ct"], "total"), med(per["ct"], "gap")
+            ok = sum(1 for r in per["ct"] if r["ok"]) + sum(1 for r in per["raw"] if r["ok"])
+            oks = f"{ok}/{2 * len(per['ct'])}"
+            print(f"{rate:>9} {f'{mib}MiB':>8}  {rt:9.2f} {rg * 1000:8.0f}  {ct:9.2f} {cg * 1000:8.0f}  "
+                  f"{ct / rt:7.2f} {cg / rg:6.2f} {oks:>5}")
+        print("goal: gap x <= 1.10, total x <= 1.20; pages stream during the dump in both (page server)")
+    finally:
+        link.close()
+        with contextlib.suppress(Exception):
+            lab.host_shape(name, "", "")
+        if not a.keep_host:
+            lab.host_del(name)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

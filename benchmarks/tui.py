@@ -82,13 +82,13 @@ async def key_latency(n: int, keys: int, flood: float) -> dict[str, float]:
     """
     from textual import events
 
+    from ctconsole.migrate.events import Transfer
     from ctconsole.ui.app import create_app
-    from ctconsole.ui.backend import Transfer
     from ctconsole.ui.fake import FakeBackend
     from ctconsole.ui.screens.migrate import MigrateScreen
     from ctconsole.ui.screens.modals import ConfirmScreen, HelpScreen
 
-    backend = FakeBackend(n, speed=0.15)  # the fake migration lasts ~20 s
+    backend = FakeBackend(n, speed=0.1)  # the fake migration lasts ~20 s
     app = create_app(backend, refresh_interval=1.0, remember=False)  # background polls keep running
     frames: list[float] = []
     original_display = app._display
@@ -117,7 +117,7 @@ async def key_latency(n: int, keys: int, flood: float) -> dict[str, float]:
             while not stop.is_set() and flood > 0:
                 for _ in range(max(1, int(flood / 1000))):  # bursts every ms
                     sent += 4096
-                    screen.engine_event(Transfer(sent, 0, 1e8 + sent % 7e7, 3.0))
+                    screen.engine_event(Transfer("streamed", sent, 0, 1e8 + sent % 7e7, 3.0))
                     emitted[0] += 1
                 next_t += 0.001
                 time.sleep(max(0.0, next_t - time.perf_counter()))

@@ -81,6 +81,13 @@ class Socket:
     protocol: str = ""  # netlink/packet protocol name or number
     holders: tuple[FdRef, ...] = ()
     external: External | None = None
+    rqueue: int = 0  # bytes queued for reading (unix/inet/netlink); a listener: connections waiting
+    wqueue: int = 0  # bytes queued for sending (not yet taken by the peer or the wire)
+    icons: tuple[int, ...] = ()  # unix listener: client inodes of unaccepted connections (0: client closed)
+    in_flight: bool = False  # unix stream client connected but not accepted yet (peer is a listener's queue)
+    peer_elsewhere: bool = False  # unix: the peer socket is not in the container's network namespace(s)
+    groups: int = 0  # netlink: multicast group bitmap (bit n-1 = group n); packet: multicast memberships
+    group_words: int = 0  # netlink: 32-bit words of group memberships in use (CRIU dumps only the first)
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,9 @@ class Container:
     interfaces: tuple[NetIface, ...] = ()
     # kinds of the namespaces the container does not share with the host
     own_namespaces: tuple[str, ...] = ()
+    # how its runtime manages it here, when that needs saying (e.g. restored by a migration and
+    # not adoptable by LXC/libvirt: how to stop it and move it back); "" otherwise
+    runtime_note: str = ""
 
     def externals(self) -> list[tuple[str, Any]]:
         """Every external item as (category, item), for counting and listing."""

@@ -20,6 +20,7 @@ a clean container back.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 import pytest
 
 from ctconsole import lab as labmod
-from ctconsole.lab import LabContainer, LabState
+from ctconsole.lab import LabContainer, LabHost, LabState
 
 
 def _already_up() -> bool:
@@ -96,3 +97,20 @@ def fresh(name: str) -> LabContainer:
     c = labmod.restart(name)
     wait_ticks(c, 1)
     return c
+
+
+@contextlib.contextmanager
+def isolated_host(name: str, rate: str = "") -> Iterator[LabHost]:
+    """An isolated lab host for the duration of a ``with`` block (removed after, even on failure).
+
+    ``h.dest`` is the ``--to`` string (``ssh://root@198.18.N.2``); ``labmod.host_run(name, argv)``
+    runs a command inside it and ``labmod.host_path(name, path)`` reads its files from here.
+    A host of that name left over from an interrupted run is removed first.
+    """
+    if name in {h.name for h in labmod.host_list()}:
+        labmod.host_del(name)
+    h = labmod.host_add(name, isolated=True, rate=rate)
+    try:
+        yield h
+    finally:
+        labmod.host_del(name)

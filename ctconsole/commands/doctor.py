@@ -29,8 +29,10 @@ def run(args: argparse.Namespace) -> int:
     from ctconsole.criu.probe import CLI_FEATURES, probe
 
     caps = probe(selftest=args.selftest)
+    policy_lines, policy_error = _agent_policy()
     if args.json:
-        print(json.dumps(caps.to_dict(), indent=2))
+        print(json.dumps({**caps.to_dict(), "agent_policy": policy_lines, "agent_policy_error": policy_error},
+                         indent=2))
         return 0 if caps.criu_ok else 1
     rows = [
         ("criu", caps.criu_path),
@@ -58,4 +60,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {line}")
     for p in caps.problems:
         print(f"PROBLEM: {p}")
+    print("agent policy (what a console may ask this host's agent to do; docs/security.md):")
+    for line in policy_lines:
+        print(f"  {line}")
+    if policy_error:
+        print(f"PROBLEM: {policy_error}")
     return 0 if caps.criu_ok else 1
+
+
+def _agent_policy() -> tuple[list[str], str]:
+    """The destination policy in force here (agent/policy.py), or why the agent refuses everything."""
+    from ctconsole.agent import policy
+
+    try:
+        return policy.load().summary(), ""
+    except policy.PolicyError as exc:
+        return [f"source: {policy.policy_path()}"], " ".join([exc.message, *exc.details]) + \
+            " (the agent refuses every request until it is fixed)"

@@ -32,6 +32,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON (one list of containers)")
     p.add_argument("--quick", action="store_true", help="skip fds, sockets, mounts and interfaces (faster)")
+    p.add_argument("--host", dest="list_host", default="", metavar="DEST",
+                   help="list the containers of another host through its agent (ssh://..., netns:NAME)")
     p.set_defaults(func=run_list)
     s = sub.add_parser(
         "show",
@@ -48,9 +50,34 @@ def register(sub: Any) -> None:
 # ------------------------------------------------------------------ handlers
 
 
+def remote_containers(dest: str) -> list[Container]:
+    """The containers of ``dest`` as its own agent sees them (the same inventory, run there)."""
+    from ctconsole.agent.connect import connect
+    from ctconsole.errors import CtError
+    from ctconsole.model import Container, from_dict
+    from ctconsole.proto import agent_pb2
+
+    ch, _ = connect(dest)
+    try:
+        reply = ch.call("inventory", agent_pb2.InventoryRequest(), timeout=120)
+    finally:
+        ch.close()
+    try:
+        return [from_dict(Container, d) for d in json.loads(reply.json)]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CtError(f"the agent on {dest} sent an inventory this console cannot read: {exc}") from exc
+
+
 def run_list(args: argparse.Namespace) -> int:
     from ctconsole import inventory
 
+    if getattr(args, "list_host", ""):
+        remote = remote_containers(args.list_host)
+        if args.json:
+            _print_json([_json(c) for c in remote])
+        else:
+            sys.stdout.write(render_list(remote, full=True))
+        return 0
     if args.json:
         sys.stdout.write(inventory.scan_json(full=not args.quick))
         sys.stdout.write("\n")
@@ -132,6 +159,8 @@ def render_show(c: Container) -> str:
     add = out.append
     add(_cut(f"{c.name}  ({c.runtime}, id {c.id})", WIDTH))
     add(f"  init pid    {c.init_pid}" + (f"    controller {c.controller}" if c.controller else ""))
+    if c.runtime_note:
+        out.extend(textwrap.wrap(c.runtime_note, WIDTH, initial_indent="  note        ", subsequent_indent=" " * 14))
     if c.root_path:
         add(f"  root        {_cut(c.root_path, WIDTH - 14)}")
     if c.lsm_label:

@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any
 
+from ctconsole.errors import CtError
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -28,14 +30,18 @@ def register(sub: Any) -> None:
     p.add_argument("--to", required=True, metavar="DEST", help="local, netns:NAME or ssh://[user@]host[:port]")
     p.add_argument("--strategy", choices=["auto", "stop-copy", "pre-copy", "post-copy"], default="auto")
     p.add_argument("--rules", metavar="FILE", help="remap rules file (what changes on the destination)")
-    p.add_argument("--probe", metavar="CMD", help="command run inside the restored container (no shell; "
-                   "split like a shell would) that must succeed before the source is released")
+    p.add_argument("--probe", metavar="NAME", help="a probe the destination's policy defines ([probes] in "
+                   "/etc/ctconsole/agent.toml there), or link:IFNAME (the interface exists in the container); "
+                   "it must pass before the source is released. The destination runs its own argv, never ours")
     p.add_argument("--no-page-server", dest="page_server", action="store_false",
                    help="stop-copy: dump locally and send all images over the agent channel instead of "
                    "streaming pages to the destination's CRIU page server during the dump")
     p.add_argument("--copy-images", dest="shared_images", action="store_false",
                    help="send the images even when DEST shares this filesystem (local, a netns: lab host); "
                    "by default they are hard-linked there (no copy, no page server)")
+    p.add_argument("--storage", choices=["auto", "shared", "copy"], default="auto",
+                   help="the container's root and carry = true mount sources: auto copies (rsync over the same "
+                   "SSH connection) what the destination does not already have; shared never copies; copy always")
     p.add_argument("--source-netns", default="", metavar="NAME",
                    help="run the dumping CRIU in this network namespace so it reaches the destination's "
                    "page server (default: ours; lab hosts are reached from ctlab-src automatically)")
@@ -54,6 +60,9 @@ def register(sub: Any) -> None:
     a = sub.add_parser("agent", help="destination-side agent (started by migrate over ssh/netns)",
                        description="Speak the ctconsole agent protocol on stdin/stdout.")
     a.add_argument("--stdio", action="store_true", required=True, help="use stdin/stdout (the only mode)")
+    a.add_argument("--listen-net", action="append", default=[], metavar="CIDR",
+                   help="a network a CRIU page server may listen in besides loopback (repeatable; default: "
+                        "$CTCONSOLE_AGENT_LISTEN_NETS, else 198.18.0.0/15; 'none' = loopback only)")
     a.set_defaults(func=run_agent)
 
     h = sub.add_parser("history", help="past migrations from the journal",
@@ -113,27 +122,28 @@ class _Printer:
         if self.as_json:
             print(json.dumps(ev.to_json(e), default=str), flush=True)
             return
-        if isinstance(e, ev.BytesSent):
-            if self.tty and e.total:
-                frac = min(1.0, e.sent / e.total)
-                fill = int(frac * 30)
-                sys.stderr.write(f"\r  [{'#' * fill}{'.' * (30 - fill)}] {e.sent / 2**20:8.1f} MiB "
-                                 f"{self.rate / 2**20:7.1f} MiB/s")
-                sys.stderr.flush()
-                self.bar = True
-            return
-        if isinstance(e, ev.Rate):
-            self.rate = e.bytes_per_second
-            return
-        if isinstance(e, ev.Eta):
-            return
-        if isinstance(e, ev.RoundProgress):
-            if not e.final:  # pre-copy rounds: how fast the dirty set shrinks is what an operator watches
+        if isinstance(e, ev.Transfer):
+            if e.kind == "linked":  # nothing moved: say so instead of a bar stuck at 0 B/s
                 if self.bar:
                     sys.stderr.write("\n")
                     self.bar = False
-                print(f"   round {e.round}: {e.pages_written} pages written ({e.pages_scanned} scanned, "
-                      f"{e.pages_skipped} unchanged since the previous round)", flush=True)
+                print(f"   images linked on the destination ({e.done / 2**20:.1f} MiB, no copy)", flush=True)
+            elif self.tty and e.total:
+                fill = int((e.fraction or 0) * 30)
+                rate = f"{e.rate / 2**20:7.1f} MiB/s" if e.rate else ""
+                sys.stderr.write(f"\r  {e.kind:<8} [{'#' * fill}{'.' * (30 - fill)}] {e.done / 2**20:8.1f} MiB {rate}")
+                sys.stderr.flush()
+                self.bar = True
+            return
+        if isinstance(e, ev.FinalDump):
+            return  # the final dump is not a round; its frozen time follows
+        if isinstance(e, ev.RoundProgress):
+            # pre-copy rounds: how fast the dirty set shrinks is what an operator watches
+            if self.bar:
+                sys.stderr.write("\n")
+                self.bar = False
+            print(f"   round {e.round}: {e.pages_written} pages written ({e.pages_scanned} scanned, "
+                  f"{e.pages_skipped} unchanged since the previous round)", flush=True)
             return
         if self.bar:
             sys.stderr.write("\n")
@@ -150,22 +160,23 @@ class _Printer:
             print(f"   downtime {e.seconds * 1000:.1f} ms", flush=True)
         elif isinstance(e, ev.Done):
             print(f"{e.result.upper()}: {e.message}", flush=True)
-            for line in e.details.get("errors", [])[:20]:
+            for line in e.errors[:20]:
                 print(f"  {line}", flush=True)
 
 
 def run_migrate(args: argparse.Namespace) -> int:
     import signal
 
-    from ctconsole.migrate.engine import Migration, MigrationRequest, PrecopyPolicy
-    from ctconsole.migrate.journal import recover
+    from ctconsole.migrate.engine import Migration, MigrationRequest
+    from ctconsole.migrate.precopy import PrecopyPolicy
+    from ctconsole.migrate.recovery import recover
 
     printer = _Printer(args.json)
     recover(say=lambda line: printer(_log(line)))
     req = MigrationRequest(
         ref=args.ref, dest=args.to, strategy=args.strategy, rules=args.rules, probe=args.probe,
-        timeout=args.timeout, page_server=args.page_server, source_netns=args.source_netns,
-        shared_images=args.shared_images,
+        timeout=args.timeout, page_server=args.page_server, source_netns=source_netns_for(args.to, args.source_netns),
+        shared_images=args.shared_images, storage=args.storage,
         policy=PrecopyPolicy(max_rounds=args.max_rounds, min_pages=args.min_pages, max_growth=args.max_growth),
     )
     mig = Migration(req, printer)
@@ -184,6 +195,23 @@ def run_migrate(args: argparse.Namespace) -> int:
     return 0 if done.result == "migrated" else 1
 
 
+def source_netns_for(dest: str, given: str = "") -> str:
+    """The network namespace the dump reaches ``dest`` from: ``given`` (``--source-netns``), else a lab
+    host's own source namespace (``ctconsole lab host add``), else "" (ours).
+
+    Why here and not in the engine: the lab is a layer above the engine; the
+    caller, which knows about the lab, tells the engine through the request.
+    """
+    if given or not dest.startswith("netns:"):
+        return given
+    from ctconsole.lab import hosts
+
+    try:
+        return next((h.src_netns for h in hosts.list_hosts() if h.netns == dest[6:]), "")
+    except CtError:  # an unreadable lab state: DEST is then not a lab host we know
+        return ""
+
+
 def _log(text: str) -> object:
     from ctconsole.migrate.events import LogLine
 
@@ -191,9 +219,9 @@ def _log(text: str) -> object:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    from ctconsole.migrate.agent import run_stdio
+    from ctconsole.migrate.destination import run_stdio
 
-    return run_stdio()
+    return run_stdio(args.listen_net)
 
 
 def run_keepers(args: argparse.Namespace) -> int:
@@ -216,7 +244,8 @@ def run_keepers(args: argparse.Namespace) -> int:
 
 
 def run_history(args: argparse.Namespace) -> int:
-    from ctconsole.migrate.journal import journals, recover, summarize
+    from ctconsole.migrate.journal import journals, summarize
+    from ctconsole.migrate.recovery import recover
 
     notes = [] if args.no_recover else recover()
     rows = [summarize(p) for p in journals()]

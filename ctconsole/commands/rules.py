@@ -48,15 +48,9 @@ def register(subparsers: Any) -> None:
 
 
 def _resolve_container(ref: str) -> Any:
-    try:
-        from ctconsole import inventory
-    except ImportError as exc:  # the inventory is built in parallel; say so instead of a traceback
-        raise CtError(f"the container inventory is not available in this build ({exc})") from None
-    resolve = getattr(inventory, "resolve", None)
-    if resolve is None:
-        raise CtError("the container inventory is not available in this build "
-                      "(ctconsole.inventory.resolve is missing)")
-    return resolve(ref)
+    from ctconsole import inventory
+
+    return inventory.resolve(ref)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -103,8 +97,8 @@ def _compile(args: argparse.Namespace) -> int:
         print("inherit_fd:")
         for i in out.inherit:
             src = f" {i.path}" if i.path else ""
-            if getattr(i, "mode", ""):  # open-file: how ctconsole opens it, and bits if it creates it
-                src += f" ({i.mode}" + (f", created {i.perm:04o}" if getattr(i, "perm", -1) >= 0 else "") + ")"
+            if i.mode:  # open-file: how ctconsole opens it, and bits if it creates it
+                src += f" ({i.mode}" + (f", created {i.perm:04o}" if i.perm >= 0 else "") + ")"
             print(f"  - {i.key} <- {i.how}{src} (via {i.via}, line {i.line})")
     if out.setup_ns_actions:
         print("setup-namespaces:")
@@ -112,6 +106,10 @@ def _compile(args: argparse.Namespace) -> int:
             vfs = "any" if a.vfs is None else ",".join(map(str, a.vfs))
             print(f"  - {a.action} {a.interface} from {a.pf} VFs {vfs}"
                   + (f" (would pick {a.preview} here)" if a.preview else "") + f" (line {a.line})")
+    if out.carry:
+        print("carry (copied to the destination when missing there):")
+        for c in out.carry:
+            print(f"  - {c.path} (mount {c.mountpoint}, line {c.line})")
     if out.notes:
         print("notes:")
         for n in out.notes:
@@ -123,11 +121,11 @@ def _static_findings(container: Any, dest: str | None) -> list[Any]:
     """The feasibility check's findings without CRIU runs, so the draft also covers what the
     inventory does not list (an fd on a foreign mount seen only in /proc). Best effort: a
     draft without them is still useful, so a failing check only loses those rules."""
-    try:
-        from ctconsole.feasibility import check
+    from ctconsole.feasibility import check
 
+    try:
         return list(check(container, dest, hosts=False).findings)
-    except Exception:
+    except CtError:
         return []
 
 
@@ -135,10 +133,12 @@ def _suggest(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ctconsole.remap.store import save_text
-    from ctconsole.remap.suggest import suggest
+    from ctconsole.remap.suggest import suggest, undecided
 
     container = _resolve_container(args.container)
     text = suggest(container, args.to, findings=_static_findings(container, args.to))
+    for decision in undecided(text):  # also in the draft, as a comment above the rule
+        print(f"rules suggest: {decision}", file=sys.stderr)
     if args.output:
         if Path(args.output).exists():
             raise UsageError(f"{args.output} exists; not overwriting it (edit it, or choose another name)")

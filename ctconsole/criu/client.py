@@ -27,6 +27,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from ctconsole.criu import rpc
+from ctconsole.criu.errors import explain
 from ctconsole.criu.images import DumpStats, ImageError, RestoreStats, read_stats
 from ctconsole.errors import CtError, UsageError
 from ctconsole.proto import rpc_pb2
@@ -130,10 +131,6 @@ class CriuError(CtError):
 
 
 def _explain_one(line: str) -> str | None:
-    try:
-        from ctconsole.criu.errors import explain
-    except ImportError:
-        return None
     return explain(line)
 
 
@@ -389,9 +386,15 @@ class CriuClient:
         work_dir: Path | None = None,
         on_notify: NotifyHandler | None = None,
         timeout: float | None = None,
+        ps_fd: int | None = None,
     ) -> DumpResult:
         """DUMP the tree rooted at ``opts['pid']``. With notify handlers, ``post-dump``
-        answered False resumes the tasks and raises :class:`CriuError`."""
+        answered False resumes the tasks and raises :class:`CriuError`.
+
+        ``ps_fd``: an already-connected stream socket to the destination's page
+        server (see :meth:`page_server_child`); the pages go down it while the
+        dump runs, and nothing listens anywhere (CRIU's ``--ps-socket``).
+        """
         if not opts.get("pid"):
             raise UsageError("a DUMP needs opts['pid'] (self-dump is not supported)")
         images, work = _DirFd(images_dir), (_DirFd(work_dir) if work_dir else None)
@@ -400,7 +403,8 @@ class CriuClient:
         fds: list[int] = []
         try:
             req, log_path = self._prepare(rpc_pb2.DUMP, opts, images, work, "dump.log")
-            with self.connect() as conn:
+            _set_ps_fd(req, ps_fd)
+            with self.connect(_fds(ps_fd)) as conn:
                 resp = self._exchange(conn, req, on_notify, log_path, fds, notes, timeout)
             self._check(resp, "DUMP", log_path)
         finally:
@@ -455,14 +459,17 @@ class CriuClient:
         )
 
     @contextlib.contextmanager
-    def iterative(self, timeout: float | None = None) -> Iterator[IterativeDump]:
+    def iterative(self, timeout: float | None = None, ps_fd: int | None = None) -> Iterator[IterativeDump]:
         """PRE_DUMP rounds then the final DUMP on one connection (libcriu's dump_iters).
 
         Needs soft-dirty tracking (FEATURE_CHECK mem_track); CRIU aborts otherwise.
+        ``ps_fd``: one connected page-server socket for every round (the swrk
+        inherits it once; each round ends with ``PS_IOV_FORCE_CLOSE``, so the
+        destination starts the next round's page server on the same connection).
         """
-        conn = self.connect()
+        conn = self.connect(_fds(ps_fd))
         try:
-            yield IterativeDump(self, conn, timeout)
+            yield IterativeDump(self, conn, timeout, ps_fd)
         finally:
             conn.close()
 
@@ -481,16 +488,28 @@ class CriuClient:
         return PageServerInfo(pid=resp.ps.pid, port=resp.ps.port, address=address)
 
     @contextlib.contextmanager
-    def page_server_child(self, images_dir: Path, address: str = "127.0.0.1", port: int = 0
+    def page_server_child(self, images_dir: Path, address: str = "127.0.0.1", port: int = 0,
+                          ps_fd: int | None = None,
                           ) -> Iterator[tuple[PageServerInfo, Callable[[float | None], int]]]:
-        """PAGE_SERVER_CHLD with keep_open: yields (info, wait) where wait() is WAIT_PID on it."""
+        """PAGE_SERVER_CHLD with keep_open: yields (info, wait) where wait() is WAIT_PID on it.
+
+        ``ps_fd``: serve the one already-accepted connection on this socket
+        instead of listening on ``address:port`` (CRIU's ``--ps-socket``; the
+        fd is inherited by the ``criu swrk`` child, which is the only RPC
+        mode CRIU accepts it in). ``info.port`` is then 0. Our copy of the fd
+        can be closed once this returns: the page server holds its own.
+        """
         images = _DirFd(images_dir)
-        conn = self.connect()
+        conn = self.connect(_fds(ps_fd))
         try:
             req, log_path = self._prepare(rpc_pb2.PAGE_SERVER_CHLD, None, images, None, "page-server.log")
             req.opts.ClearField("notify_scripts")
-            req.opts.ps.address = address
-            req.opts.ps.port = port
+            if ps_fd is None:
+                req.opts.ps.address = address
+                req.opts.ps.port = port
+            else:
+                _set_ps_fd(req, ps_fd)
+                address = ""
             req.keep_open = True
             resp = self._exchange(conn, req, None, log_path, [], [])
             self._check(resp, "PAGE_SERVER_CHLD", log_path)
@@ -511,10 +530,12 @@ class CriuClient:
 class IterativeDump:
     """State of a PRE_DUMP ... DUMP sequence on one swrk connection."""
 
-    def __init__(self, client: CriuClient, conn: rpc.Connection, timeout: float | None) -> None:
+    def __init__(self, client: CriuClient, conn: rpc.Connection, timeout: float | None,
+                 ps_fd: int | None = None) -> None:
         self.client = client
         self.conn = conn
         self.timeout = timeout
+        self.ps_fd = ps_fd
         self.rounds = 0
 
     def pre_dump(self, opts: Mapping[str, Any], images_dir: Path) -> DumpResult:
@@ -523,6 +544,7 @@ class IterativeDump:
         try:
             req, log_path = self.client._prepare(rpc_pb2.PRE_DUMP, opts, images, None, "pre-dump.log")
             req.opts.ClearField("notify_scripts")  # PRE_DUMP sends no notifications
+            _set_ps_fd(req, self.ps_fd)
             resp = self.client._exchange(self.conn, req, None, log_path, [], [], self.timeout)
             self.client._check(resp, "PRE_DUMP", log_path)
         finally:
@@ -530,18 +552,44 @@ class IterativeDump:
         self.rounds += 1
         return DumpResult(log_path, _stats(log_path.parent / "stats-dump"), time.monotonic() - t0)
 
-    def dump(self, opts: Mapping[str, Any], images_dir: Path, on_notify: NotifyHandler | None = None
+    def dump(self, opts: Mapping[str, Any], images_dir: Path, on_notify: NotifyHandler | None = None,
              ) -> DumpResult:
+        """The final DUMP (pages down the session's ``ps_fd`` when it has one)."""
         images = _DirFd(images_dir)
         t0 = time.monotonic()
         notes: list[str] = []
         try:
             req, log_path = self.client._prepare(rpc_pb2.DUMP, opts, images, None, "dump.log")
+            _set_ps_fd(req, self.ps_fd)
             resp = self.client._exchange(self.conn, req, on_notify, log_path, [], notes, self.timeout)
             self.client._check(resp, "DUMP", log_path)
         finally:
             images.close()
         return DumpResult(log_path, _stats(log_path.parent / "stats-dump"), time.monotonic() - t0, notes)
+
+
+def _fds(fd: int | None) -> tuple[int, ...]:
+    return () if fd is None else (fd,)
+
+
+def _set_ps_fd(req: rpc_pb2.criu_req, fd: int | None) -> None:
+    """Point the request's page-server transfer at an already-connected socket.
+
+    Why a connected socket: a page server that listens (on TCP, even on
+    loopback) serves whoever connects first, so any local user could break a
+    migration or, for a lazy page server, read the container's memory. CRIU
+    takes the fd number as it is in the ``criu swrk`` child (``pass_fds``
+    keeps numbers) and ignores address and port (``cr-service.c``:
+    ``opts.ps_socket = req->ps->fd``, swrk only; ``page-xfer.c`` then never
+    calls ``setup_tcp_server``/``setup_tcp_client``).
+    """
+    if fd is None:
+        return
+    if fd <= 2:
+        raise UsageError(f"page-server socket fd {fd} would clash with CRIU's stdio")
+    req.opts.ps.ClearField("address")
+    req.opts.ps.ClearField("port")
+    req.opts.ps.fd = fd
 
 
 def _stats(path: Path) -> Any:

@@ -215,14 +215,104 @@ TABLE: tuple[_Entry, ...] = (
         "A terminal belongs to a session outside the container (started from a shell): shell_job.",
     ),
     _e(
+        r"Unix socket (?P<ino>\d+) without peer (?P<peer>\d+)",
+        "unix-peer-netns",
+        "UNIX socket {ino} is connected to socket {peer}, which CRIU did not find among the sockets of the "
+        "container's network namespace (it lives in another one, e.g. a host daemon's /dev/log). No CRIU "
+        "option helps (ext_unix_sk and external unix[] are checked later): close that socket in the "
+        "workload or have its peer live in the container's network namespace.",
+    ),
+    _e(
+        r"Unix socket (?P<ino>\d+) with unreachable peer (?P<peer>\d+)",
+        "unix-state",
+        "UNIX socket {ino} sends to socket {peer}, which is connected elsewhere and has no name CRIU could "
+        "reconnect to: not checkpointable; close the socket in the workload.",
+    ),
+    _e(
+        r"Found a closed in-flight socket to (?P<ino>\S+)",
+        "unix-in-flight",
+        "A UNIX listener ({ino}) has a queued connection whose client already closed; CRIU cannot save it. "
+        "Let the workload accept() its pending connections, then retry.",
+    ),
+    _e(
+        r"Non-empty write queue on an in-flight socket (?P<ino>\S+)",
+        "unix-in-flight",
+        "UNIX socket {ino} sent data on a connection its server has not accepted yet; CRIU cannot get "
+        "that data back. Let the server accept() the connection, then retry.",
+    ),
+    _e(
+        r"In-flight connection on non-listening socket",
+        "unix-in-flight",
+        "A UNIX connection waits in the queue of a socket that no longer listens: not checkpointable.",
+    ),
+    _e(
+        r"Dangling connection (?P<ino>\d+)",
+        "unix-state",
+        "UNIX stream socket {ino} is connected but its peer is gone and it was not shut down: close it "
+        "in the workload (or shut it down), then retry.",
+    ),
+    _e(
+        r"Can't dump corked dgram socket (?P<ino>\S+)",
+        "udp-corked",
+        "UDP socket {ino} is corked (UDP_CORK): CRIU cannot save a datagram being assembled. Let the "
+        "workload uncork it (UDP_CORK 0 sends it), then retry.",
+    ),
+    _e(
+        r"PIDFD_THREAD flag is currently not supported",
+        "pidfd",
+        "A process holds a pidfd of a thread (PIDFD_THREAD); CRIU cannot dump thread pidfds. Open it on "
+        "the process instead, or close it.",
+    ),
+    _e(
+        r"pidfd pid (?P<pid>\d+) is not a part of process tree",
+        "pidfd",
+        "A pidfd refers to process {pid}, which is not in the container; CRIU restores pidfds only for "
+        "processes it restores. Close it, or checkpoint a tree that includes that process.",
+    ),
+    _e(
+        r"The socket has data to read",
+        "netlink-socket",
+        "A netlink socket has unread messages; CRIU refuses it. Let the workload read it empty, then retry.",
+    ),
+    _e(
+        r"The netlink socket (?P<ino>\S+) has more than 32 groups",
+        "netlink-socket",
+        "Netlink socket {ino} is in multicast groups above 32, which CRIU cannot save; close it or leave "
+        "those groups.",
+    ),
+    _e(
+        r"The netlink socket (?P<ino>\S+) is bound to groups but not to portid",
+        "netlink-socket",
+        "Netlink socket {ino} joined multicast groups without a port id; bind it first, or close it.",
+    ),
+    _e(
+        r"Multiple MC membership not supported",
+        "packet-socket",
+        "A packet socket added the same multicast membership more than once; CRIU saves each once. Drop "
+        "the duplicate membership or close the socket.",
+    ),
+    _e(
+        r"Can't get rlimit (?P<res>\d+): Operation not permitted",
+        "creds-rlimit",
+        "CRIU may not read the resource limits of a process with other uids/gids: it runs here without "
+        "CAP_SYS_RESOURCE. Run ctconsole (and CRIU) with that capability.",
+    ),
+    _e(
+        r"In-flight connection \(l\)|In-flight connections can be ignored",
+        "tcp-in-flight",
+        "A listening TCP socket has connections not yet accepted: tcp_skip_in_flight (ctconsole sets it; "
+        "those clients see a reset).",
+    ),
+    _e(
+        r"Connected TCP socket in image",
+        "tcp-established",
+        "The images hold a TCP socket that was connected (possibly closed or reset since: CRIU keeps its "
+        "peer address); restore it with tcp_established (or tcp_close), as ctconsole proposes.",
+    ),
+    _e(
         r"Connected TCP socket, consider using --tcp-established",
         "tcp-established",
         "The container has open TCP connections: tcp_established (keep them) or tcp_close (drop them).",
-    ),
-    _e(
-        r"In-flight connection",
-        "tcp-listen",
-        "A listening TCP socket has connections not yet accepted: tcp_skip_in_flight.",
     ),
     _e(
         r"Can't get 1:(16|34) opt: Operation not supported",

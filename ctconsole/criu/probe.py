@@ -8,15 +8,14 @@ cannot dump any inet socket; both must be known before anything is frozen.
 
 from __future__ import annotations
 
-import importlib
 import os
 import platform
-import re
 import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ctconsole.config import criu_binary
+from ctconsole.criu import selftest as lazy_selftest
 from ctconsole.errors import CtError
 
 MIN_CRIU = (4, 2, 0)
@@ -60,11 +59,6 @@ class HostCapabilities:
         d = asdict(self)
         d["strategies"] = {"stop-copy": self.criu_ok, "pre-copy": self.precopy, "post-copy": self.postcopy}
         return d
-
-
-def kernel_version() -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", platform.release())
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def cli_feature(criu: str, name: str) -> bool:
@@ -138,15 +132,10 @@ def probe(criu: str | None = None, with_cli_features: bool = True, selftest: str
         caps.cli_features = {name: cli_feature(path, name) for name in CLI_FEATURES}
     caps.quirks = _quirks()
     if selftest != "skip":
-        try:
-            st = importlib.import_module("ctconsole.migrate.selftest")
-        except ImportError:
-            caps.lazy_selftest_reason = "lazy-pages self-test not available in this build"
+        if caps.features.get("lazy_pages"):
+            ok, reason = lazy_selftest.lazy_pages_works(criu=path, force=(selftest == "run"),
+                                                        cached_only=(selftest == "cached-only"))
+            caps.lazy_selftest, caps.lazy_selftest_reason = ok, reason
         else:
-            if caps.features.get("lazy_pages"):
-                ok, reason = st.lazy_pages_works(criu=path, force=(selftest == "run"),
-                                                 cached_only=(selftest == "cached-only"))
-                caps.lazy_selftest, caps.lazy_selftest_reason = ok, reason
-            else:
-                caps.lazy_selftest, caps.lazy_selftest_reason = False, "FEATURE_CHECK: lazy_pages is false"
+            caps.lazy_selftest, caps.lazy_selftest_reason = False, "FEATURE_CHECK: lazy_pages is false"
     return caps

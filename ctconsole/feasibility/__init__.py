@@ -11,7 +11,8 @@ Public API::
 
     from ctconsole.feasibility import check, Report, Finding
     report = check(container, dest=None, rules=None, trial=False)
-    report.verdict            # "feasible" | "needs-rules" | "infeasible"
+    report.verdict            # "feasible" | "no-known-blockers" | "needs-rules" | "infeasible"
+    report.verified           # True only when a trial dump confirmed it (then "feasible")
     report.options["dump"]    # criu_opts dict for ctconsole.criu.client
     report.to_dict()          # JSON-ready
 """
@@ -24,16 +25,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ctconsole.errors import CtError
+from ctconsole.agent.channel import parse_destination
+from ctconsole.agent.connect import Unreachable, unreachable_hints
+from ctconsole.errors import CtError, UsageError
 from ctconsole.feasibility.catalogue import CATALOGUE, Context, HostFacts, describe, run_all
 from ctconsole.feasibility.findings import (
     AUTO,
     BLOCKER,
     FEASIBLE,
+    GO_VERDICTS,
     INFEASIBLE,
     INFO,
     NEEDS_RULE,
     NEEDS_RULES,
+    NO_KNOWN_BLOCKERS,
     CriuInfo,
     Finding,
     Report,
@@ -43,21 +48,27 @@ from ctconsole.feasibility.findings import (
     verdict_of,
 )
 from ctconsole.model import Container
+from ctconsole.remap.compile import CompiledOptions
+from ctconsole.remap.compile import compile_rules as compile_remap
+from ctconsole.remap.parse import load as load_rules
 
 __all__ = [
     "AUTO",
     "BLOCKER",
     "CATALOGUE",
     "FEASIBLE",
+    "GO_VERDICTS",
     "INFEASIBLE",
     "INFO",
     "NEEDS_RULE",
     "NEEDS_RULES",
+    "NO_KNOWN_BLOCKERS",
     "CriuInfo",
     "Finding",
     "Report",
     "TrialResult",
     "check",
+    "compile_rules",
     "describe",
     "static_findings",
 ]
@@ -82,28 +93,26 @@ def _flatten(obj: Any, out: list[str]) -> list[str]:
     return out
 
 
-def _compile_rules(rules: Any, container: Container, dest: str | None) -> Any:
-    """Accept a rules file path, a remap RuleSet or already compiled options."""
+def compile_rules(rules: Any, container: Container, dest: str | None) -> Any:
+    """The one compile of remap rules for ``container`` going to ``dest`` (``None``/``"local"`` = here).
+
+    Accepts a rules file path, a remap RuleSet, or already compiled options
+    (returned as they are): the migration engine compiles once, with its
+    destination, and hands the result to :func:`check`, so the check judges
+    exactly the options the migration sends (``to = DEST`` selectors included).
+    """
     if rules is None:
         return None
-    if hasattr(rules, "dump") and hasattr(rules, "restore"):
+    if isinstance(rules, CompiledOptions):
         return rules
     if isinstance(rules, dict) and ("dump" in rules or "restore" in rules):
         return rules
-    from ctconsole.errors import UsageError
-
-    try:
-        from ctconsole.remap.compile import compile_rules
-    except ImportError as exc:
-        raise UsageError("--rules needs ctconsole.remap, which is not installed") from exc
     if isinstance(rules, str | Path):
-        from ctconsole.remap.parse import load
-
         path = Path(rules)
         if not path.exists():
             raise UsageError(f"rules file {path} does not exist")
-        rules = load(path)
-    return compile_rules(rules, container, dest)
+        rules = load_rules(path)
+    return compile_remap(rules, container, dest)
 
 
 def _part(compiled: Any, name: str) -> dict[str, Any]:
@@ -242,17 +251,32 @@ def check(
             close()
 
 
+def _policy_asks(compiled: Any) -> tuple[list[Any], list[Any]]:
+    """The inherited fds (with perm) and setup-namespaces actions the destination's policy must allow."""
+    from ctconsole.proto import agent_pb2
+
+    inherit = [agent_pb2.InheritFd(key=i.key, how=i.how, path=i.path, mode=i.mode or "append", perm=i.perm)
+               for i in getattr(compiled, "inherit", None) or []
+               if getattr(i, "via", "inherit_fd") == "inherit_fd" and i.how in ("open-file", "connect-unix")]
+    setup_ns = [agent_pb2.SetupNsAction(action=a.action, interface=a.interface, pf=a.pf)
+                for a in getattr(compiled, "setup_ns_actions", None) or []]
+    return inherit, setup_ns
+
+
+def _policy_findings(refusals: list[tuple[str, str]], dest: str) -> list[Finding]:
+    """One blocker per refusal, naming the policy key that refused (docs/security.md)."""
+    return [Finding("dest-policy", BLOCKER, f"destination:{dest}", message,
+                    f"change the rules, or the destination's /etc/ctconsole/agent.toml ({key}); "
+                    "`ctconsole doctor` there prints the policy in force", source="host")
+            for key, message in refusals]
+
+
 def _unreachable(dest: str, exc: CtError) -> Finding:
     """The finding for a destination whose agent could not be started or stopped answering."""
-    extra = [d for d in exc.details if d.strip()][-3:]
-    msg = exc.message + (": " + " / ".join(extra) if extra else "")
-    if dest.startswith("netns:"):
-        remedy = "Check that the network namespace exists (ip netns list) and that ctconsole runs in it."
-    else:
-        remedy = (
-            "Check ssh access (keys, known_hosts, CTCONSOLE_SSH_OPTS) and that CTCONSOLE_REMOTE_CMD "
-            "(default: ctconsole) runs there."
-        )
+    reasons = exc.reasons if isinstance(exc, Unreachable) else [exc.message, *exc.details]
+    extra = [d for d in reasons[1:] if d.strip()][-3:]
+    msg = reasons[0] + (": " + " / ".join(extra) if extra else "")
+    remedy = " ".join(unreachable_hints(parse_destination(dest)))
     return Finding(
         "destination-unreachable",
         BLOCKER,
@@ -316,7 +340,7 @@ def _check(
         merge_options(dump, f.dump)
         merge_options(restore, f.restore)
 
-    compiled = _compile_rules(rules, container, dest)
+    compiled = compile_rules(rules, container, dest)
     if compiled is not None:
         provided = provided_by(compiled)
         findings = [
@@ -335,6 +359,19 @@ def _check(
                 if same_host:
                     raise
                 unreachable = _unreachable(str(dest), exc)
+    if hosts and not same_host and dst is not None and unreachable is None:
+        from ctconsole.feasibility.conflicts import destination_conflicts
+
+        try:  # names, pids, ports and cgroups already taken there: found before the freeze
+            findings.extend(destination_conflicts(container, restore, dst, str(dest), dest_subject(dst, same_host)))
+        except CtError as exc:
+            unreachable = _unreachable(str(dest), exc)
+        policy_refusals = getattr(dst, "policy_refusals", None)
+        if callable(policy_refusals) and unreachable is None:
+            try:  # the destination's own policy on this restore (agent/policy.py): refused before the freeze
+                findings.extend(_policy_findings(policy_refusals(restore, *_policy_asks(compiled)), str(dest)))
+            except CtError as exc:
+                unreachable = _unreachable(str(dest), exc)
     if unreachable is not None:
         findings.append(unreachable)
     destination: dict[str, Any] | None = None
@@ -352,9 +389,11 @@ def _check(
         trial_result = trial_dump(container.init_pid, {k: v for k, v in dump.items() if k != "pid"}, use_rpc)
         findings.extend(_reconcile(findings, trial_findings(trial_result)))
 
+    verified = trial_result is not None and trial_result.ok
     return Report(
         container=container.id or container.name,
-        verdict=verdict_of(findings),
+        verdict=verdict_of(findings, verified),
+        verified=verified,
         findings=_sorted(findings),
         criu=criu,
         options={"dump": dump, "restore": restore},

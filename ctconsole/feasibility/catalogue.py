@@ -30,6 +30,16 @@ class HostFacts:
     # (pid, fd, path, mnt_id, inode) of fds opened on mounts outside the container's mount ns
     foreign_mount_fds: tuple[tuple[int, int, str, int, int], ...] = ()
     linkdown_routes: tuple[str, ...] = ()  # routes flagged linkdown in the container's own netns
+    # (pid, "uid U gid G") of tasks whose credentials differ from CRIU's (root) while CRIU lacks
+    # CAP_SYS_RESOURCE: prlimit() on them is EPERM ("Can't get rlimit")
+    foreign_creds: tuple[tuple[int, str], ...] = ()
+    corked_udp: tuple[int, ...] = ()  # inodes of UDP/UDPlite sockets with UDP_CORK set
+    # (pid, fd, target pid (-1: exited), is a thread pidfd (PIDFD_THREAD)) of every pidfd
+    pidfds: tuple[tuple[int, int, int, bool], ...] = ()
+    timens_for_children: tuple[int, ...] = ()  # pids whose time_for_children differs from their time ns
+    breaking_leases: tuple[tuple[int, int], ...] = ()  # (pid, inode) of file leases being broken right now
+    # inodes of TCP sockets no diag reports (closed, e.g. reset by the peer) that still have a peer address
+    closed_tcp_peers: tuple[int, ...] = ()
     rss_bytes: int = 0  # resident memory of the whole tree
     anon_bytes: int = 0  # anonymous memory (what lands in pages-*.img)
 

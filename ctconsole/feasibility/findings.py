@@ -18,9 +18,12 @@ INFO = "info"  # worth knowing; changes nothing
 
 SEVERITIES = (BLOCKER, NEEDS_RULE, AUTO, INFO)
 
-FEASIBLE = "feasible"
+FEASIBLE = "feasible"  # nothing blocks, and a trial dump (CRIU itself) confirmed it: verified
+NO_KNOWN_BLOCKERS = "no-known-blockers"  # the static rules found nothing, but CRIU was not asked yet
 NEEDS_RULES = "needs-rules"
 INFEASIBLE = "infeasible"
+#: verdicts that let a migration go ahead (the unverified one included: CRIU's dump is the final word)
+GO_VERDICTS = (FEASIBLE, NO_KNOWN_BLOCKERS)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ class Report:
     dest: str = "local"
     trial: TrialResult | None = None
     elapsed: float = 0.0
+    #: True only when a trial dump (``trial=True``) succeeded: the verdict is CRIU's, not a prediction.
+    #: A static check never says ``feasible``, only ``no-known-blockers`` (docs/feasibility.md, "Verified").
+    verified: bool = False
     #: a remote destination's answers (``RemoteProbe.summary()``): dest, reachable, version, kernel,
     #: hostname, features, checks (criu_check, cpuinfo, images, paths, links); error when unreachable
     destination: dict[str, Any] | None = None
@@ -141,7 +147,13 @@ class Report:
 
     @property
     def feasible(self) -> bool:
+        """CRIU confirmed it (a trial dump succeeded and nothing else blocks)."""
         return self.verdict == FEASIBLE
+
+    @property
+    def go(self) -> bool:
+        """Nothing known blocks it: ``feasible``, or ``no-known-blockers`` not yet confirmed by a trial."""
+        return self.verdict in GO_VERDICTS
 
     def by_severity(self, severity: str) -> list[Finding]:
         return [f for f in self.findings if f.severity == severity]
@@ -151,6 +163,7 @@ class Report:
             "container": self.container,
             "dest": self.dest,
             "verdict": self.verdict,
+            "verified": self.verified,
             "findings": [f.to_dict() for f in self.findings],
             "criu": self.criu.to_dict(),
             "options": {"dump": self.dump_options, "restore": self.restore_options},
@@ -161,6 +174,92 @@ class Report:
         if self.destination is not None:
             out["destination"] = self.destination
         return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Report:
+        """The inverse of :meth:`to_dict`, for a report another host's agent computed (``--host``).
+
+        Why defensive: the JSON comes from a peer, so every field is type-checked and defaulted;
+        unknown keys are ignored, and a verdict outside the four words reads as ``infeasible``
+        (never a better answer than the peer can back). ``verified`` holds only with a trial
+        that says ok.
+        """
+        d = data if isinstance(data, dict) else {}
+
+        def text(v: Any) -> str:
+            return v if isinstance(v, str) else ""
+
+        def opts(v: Any) -> dict[str, Any]:
+            return dict(v) if isinstance(v, dict) else {}
+
+        findings = []
+        for f in d.get("findings") or []:
+            if not isinstance(f, dict):
+                continue
+            needs = f.get("needs")
+            findings.append(
+                Finding(
+                    rule=text(f.get("rule")),
+                    severity=f["severity"] if f.get("severity") in SEVERITIES else INFO,
+                    subject=text(f.get("subject")),
+                    message=text(f.get("message")),
+                    remedy=text(f.get("remedy")),
+                    dump=opts(f.get("dump")),
+                    restore=opts(f.get("restore")),
+                    needs=tuple(x for x in needs if isinstance(x, str)) if isinstance(needs, list) else (),
+                    needs_on=text(f.get("needs_on")),
+                    rule_kind=text(f.get("rule_kind")),
+                    satisfied=f.get("satisfied") is True,
+                    source=text(f.get("source")) or "static",
+                )
+            )
+        c = opts(d.get("criu"))
+        feats = opts(c.get("features"))
+        criu = CriuInfo(
+            version=text(c.get("version")),
+            kernel=text(c.get("kernel")),
+            features={str(k): v is True for k, v in feats.items()},
+            check_ok=c["check"] if isinstance(c.get("check"), bool) else None,
+            lazy_pages_works=c["lazy_pages_works"] if isinstance(c.get("lazy_pages_works"), bool) else None,
+            dest_version=text(c.get("dest_version")),
+        )
+        trial = None
+        t = d.get("trial")
+        if isinstance(t, dict):
+            def strs(v: Any) -> tuple[str, ...]:
+                return tuple(x for x in v if isinstance(x, str)) if isinstance(v, list) else ()
+
+            el = t.get("elapsed")
+            pd = t.get("pdeath_sig")
+            trial = TrialResult(
+                ok=t.get("ok") is True,
+                elapsed=float(el) if isinstance(el, int | float) else 0.0,
+                errors=strs(t.get("errors")),
+                explanations=strs(t.get("explanations")),
+                log_tail=strs(t.get("log_tail")),
+                pdeath_sig=pd if isinstance(pd, int) else 0,
+            )
+        verdict = text(d.get("verdict"))
+        if verdict not in (FEASIBLE, NO_KNOWN_BLOCKERS, NEEDS_RULES, INFEASIBLE):
+            verdict = INFEASIBLE
+        verified = d.get("verified") is True and trial is not None and trial.ok
+        if verdict == FEASIBLE and not verified:
+            verdict = NO_KNOWN_BLOCKERS  # "feasible" is only ever a trial's word
+        o = opts(d.get("options"))
+        el = d.get("elapsed")
+        dest_info = d.get("destination")
+        return cls(
+            container=text(d.get("container")),
+            verdict=verdict,
+            findings=tuple(findings),
+            criu=criu,
+            options={"dump": opts(o.get("dump")), "restore": opts(o.get("restore"))},
+            dest=text(d.get("dest")) or "local",
+            trial=trial,
+            elapsed=float(el) if isinstance(el, int | float) else 0.0,
+            destination=dict(dest_info) if isinstance(dest_info, dict) else None,
+            verified=verified,
+        )
 
 
 def merge_options(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -197,10 +296,11 @@ def satisfies(needs: tuple[str, ...], needs_on: str, provided: dict[str, list[st
     return any(p.startswith(n) for side in sides for p in provided.get(side, ()) for n in needs)
 
 
-def verdict_of(findings: list[Finding] | tuple[Finding, ...]) -> str:
-    """infeasible if any blocker; needs-rules if an unsatisfied needs-rule; else feasible."""
+def verdict_of(findings: list[Finding] | tuple[Finding, ...], verified: bool = False) -> str:
+    """infeasible if any blocker; needs-rules if an unsatisfied needs-rule; else feasible when
+    ``verified`` (a trial dump succeeded), no-known-blockers when only the static rules spoke."""
     if any(f.severity == BLOCKER for f in findings):
         return INFEASIBLE
     if any(f.severity == NEEDS_RULE and not f.satisfied for f in findings):
         return NEEDS_RULES
-    return FEASIBLE
+    return FEASIBLE if verified else NO_KNOWN_BLOCKERS

@@ -4,8 +4,8 @@ Why a ``HostProbe`` protocol: the destination is this host (``local``) or a
 ``netns:NAME`` / ``ssh://`` host answering the same questions through the
 migration agent (:class:`ctconsole.feasibility.remote.RemoteProbe`), so the
 checker never needs to know where the host is. ``LocalProbe`` uses the RPC
-client (``ctconsole.criu.client``) when it is installed and falls back to the
-``criu`` CLI otherwise.
+client (``ctconsole.criu.client``) and falls back to the ``criu`` CLI when an
+RPC call fails (or with ``use_rpc=False``).
 
 Optional extras a probe may have (both probes here do): ``path_kind(path)``
 and ``link_kind(name)`` for the resources the remap rules name on the
@@ -26,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from ctconsole.agent import hostprobe
 from ctconsole.config import criu_binary
+from ctconsole.criu import selftest as lazy_selftest
+from ctconsole.criu.client import CriuClient
 from ctconsole.feasibility.catalogue import HostFacts
 from ctconsole.feasibility.findings import BLOCKER, INFO, NEEDS_RULE, CriuInfo, Finding
 from ctconsole.model import Container
@@ -76,18 +79,6 @@ def kernel_tuple(release: str) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-def _client() -> Any | None:
-    """The RPC client if the lead's module is installed (it is written in parallel)."""
-    try:
-        from ctconsole.criu.client import CriuClient
-    except ImportError:
-        return None
-    try:
-        return CriuClient()
-    except Exception:
-        return None
-
-
 class LocalProbe:
     """This host, probed through CRIU RPC (swrk) or, failing that, the CLI."""
 
@@ -98,12 +89,9 @@ class LocalProbe:
         self._use_rpc = use_rpc
         self._cache: dict[str, Any] = {}
 
-    def _rpc(self) -> Any | None:
-        if not self._use_rpc:
-            return None
-        if "client" not in self._cache:
-            self._cache["client"] = _client()
-        return self._cache["client"]
+    def _rpc(self) -> CriuClient | None:
+        """The RPC client (None: the CLI is asked instead, ``use_rpc=False``)."""
+        return CriuClient() if self._use_rpc else None
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run([self._criu, *args], capture_output=True, text=True, timeout=timeout)
@@ -116,8 +104,7 @@ class LocalProbe:
         if cl is not None:
             try:
                 v = cl.version()
-                text = getattr(v, "text", "") or f"{v.major}.{v.minor}.{getattr(v, 'sublevel', 0) or 0}"
-                out = ((int(v.major), int(v.minor), int(getattr(v, "sublevel", 0) or 0)), text)
+                out = (v.as_tuple(), v.text)
             except Exception:
                 out = ((0, 0, 0), "")
         if out[0] == (0, 0, 0):
@@ -141,8 +128,7 @@ class LocalProbe:
         if cl is not None:
             try:
                 f = cl.feature_check()
-                feats = {"mem_track": bool(f.mem_track), "lazy_pages": bool(f.lazy_pages)}
-                feats["pidfd_store"] = bool(getattr(f, "pidfd_store", False))
+                feats = {"mem_track": f.mem_track, "lazy_pages": f.lazy_pages, "pidfd_store": f.pidfd_store}
             except Exception:
                 feats = None
         if feats is None:
@@ -212,14 +198,10 @@ class LocalProbe:
         return os.path.exists(path)
 
     def path_kind(self, path: str) -> str:
-        from ctconsole.migrate.hostprobe import path_kind
-
-        return path_kind(path)
+        return hostprobe.path_kind(path)
 
     def link_kind(self, name: str) -> str:
-        from ctconsole.migrate.hostprobe import link_kind
-
-        return link_kind(name)
+        return hostprobe.link_kind(name)
 
     def images_dir(self) -> str:
         return images_dir_hint()
@@ -326,21 +308,10 @@ def host_checks(
     lazy_ok: bool | None = None
     lazy_why = ""
     if feats.get("lazy_pages"):
-        selftest: Any = None
-        try:
-            from ctconsole.migrate import selftest  # written by the migration engineer
-        except ImportError:
-            selftest = None
-        if selftest is not None and hasattr(selftest, "lazy_pages_works"):
-            try:
-                # never run the (slow) self-test from a check: use its cached verdict only
-                got = selftest.lazy_pages_works(cached_only=True)
-                ok, lazy_why = (got if isinstance(got, tuple) else (got, ""))[:2]
-                lazy_ok = bool(ok)
-                if not ok and "not run" in str(lazy_why):
-                    lazy_ok = None
-            except Exception as exc:
-                lazy_ok, lazy_why = False, str(exc)
+        # never run the (slow) self-test from a check: use its cached verdict only
+        cached = lazy_selftest.cached_result()
+        if cached is not None:
+            lazy_ok, lazy_why = cached
         if lazy_ok is not True:
             findings.append(
                 Finding(

@@ -5,27 +5,31 @@ exactly where ``ctconsole migrate`` would start its agent, so the check asks
 that same agent (same transport, same ssh keys, same ``CTCONSOLE_REMOTE_CMD``)
 and the answer is about the host the restore would really run on. ``hello``
 brings CRIU's version, FEATURE_CHECK and the kernel; the read-only
-``host_probe`` request (ctconsole/migrate/hostprobe.py) runs ``criu check``,
+``host_probe`` request (ctconsole/agent/hostprobe.py) runs ``criu check``,
 CPUINFO_CHECK of the source's ``cpuinfo.img``, and looks up free space for
 the images, paths and network interfaces.
 
 Every answer is cached for the life of the probe (one check), and recorded
 in :meth:`RemoteProbe.summary`, which becomes the ``destination`` section of
-``ctconsole check --json``. Failures to reach the agent raise ``ChannelError``
-/ ``AgentError`` (both :class:`~ctconsole.errors.CtError`); the checker turns
-them into a ``destination-unreachable`` finding.
+``ctconsole check --json``. Failures to reach the agent raise :class:`~ctconsole.agent.connect.Unreachable`
+(later ones ``ChannelError`` / ``AgentError``; all are
+:class:`~ctconsole.errors.CtError`); the checker turns them into a
+``destination-unreachable`` finding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from ctconsole.agent.channel import AgentChannel, parse_destination
+from ctconsole.agent.connect import connect
+from ctconsole.agent.hostprobe import LINK_RE, MAX_ITEMS, MAX_PATH
 from ctconsole.feasibility.host import ProbeResult, parse_version
-from ctconsole.migrate.channel import PROTOCOL_VERSION, AgentChannel, parse_destination
-from ctconsole.migrate.hostprobe import LINK_RE, MAX_ITEMS, MAX_PATH
 from ctconsole.proto import agent_pb2
 
+Connector = Callable[..., tuple[AgentChannel, Any]]
 #: how long one request may take on the far side (criu check is the slowest: ~1 s)
 REQUEST_TIMEOUT = 90.0
 
@@ -37,30 +41,34 @@ class RemoteProbe:
     started on first use (:meth:`connect`); :meth:`close` (or ``with``) ends it.
     """
 
-    def __init__(self, dest: str, timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(self, dest: str, timeout: float = REQUEST_TIMEOUT, connector: Connector = connect) -> None:
         self.dest = parse_destination(dest)  # UsageError (exit 2) for a malformed DEST
         self.name = str(self.dest)
         self.timeout = timeout
+        self._connect = connector  # tests hand in a fake agent here
         self._ch: AgentChannel | None = None
         self._hello: Any = None
         self._check: Any = None
         self._cpu: ProbeResult | None = None
         self._paths: dict[str, str] = {}
         self._links: dict[str, str] = {}
+        self._conflicts: dict[str, Any] | None = None
+        self._policy: list[str] = []  # the destination's agent policy in force (agent/policy.py summary)
 
     # -- lifecycle --------------------------------------------------------------
     def connect(self) -> None:
-        """Start the agent and say hello (idempotent). Raises ChannelError/AgentError when unreachable."""
+        """Start the agent and say hello (idempotent). Raises Unreachable (a CtError) when it cannot."""
         if self._hello is not None:
             return
-        if self._ch is None:
-            self._ch = AgentChannel(self.dest)
-            self._ch.start()
-        try:
-            self._hello = self._ch.call("hello", agent_pb2.Hello(protocol=PROTOCOL_VERSION), timeout=self.timeout)
-        except BaseException:
-            self.close()
-            raise
+        self._ch, self._hello = self._connect(self.dest, timeout=self.timeout)
+
+    @property
+    def channel(self) -> AgentChannel:
+        """The open agent session (connected on first use), for other read-only questions such as
+        the storage preview of ``check --to`` (commands/check.py)."""
+        self.connect()
+        assert self._ch is not None
+        return self._ch
 
     def close(self) -> None:
         """End the agent session (bye, reap; kill it if it hangs)."""
@@ -152,6 +160,38 @@ class RemoteProbe:
         self.lookup(links=[name])
         return self._links.get(name, "")
 
+    def conflicts(
+        self, pids: Sequence[int] = (), ports: Sequence[tuple[str, str, int]] = (), cgroups: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """What the restore would collide with there (feasibility/conflicts.py): ``busy_pids``,
+        ``busy_ports`` ((proto, address, port) bound there) and ``cgroups`` (path -> (exists, tasks))."""
+        from ctconsole.agent.hostprobe import MAX_PIDS, MAX_PORTS
+
+        req = agent_pb2.HostProbeRequest(
+            pids=list(pids)[:MAX_PIDS],
+            ports=[agent_pb2.PortQuery(proto=p, address=a, port=n) for p, a, n in list(ports)[:MAX_PORTS]],
+            cgroups=list(cgroups)[:MAX_ITEMS],
+        )
+        r = self._call(req)
+        self._conflicts = {
+            "busy_pids": sorted(int(x) for x in r.busy_pids),
+            "busy_ports": [(x.proto, x.address, int(x.port)) for x in r.busy_ports],
+            "cgroups": {c.path: (bool(c.exists), int(c.procs)) for c in r.cgroups},
+        }
+        return self._conflicts
+
+    def policy_refusals(self, restore: dict[str, Any], inherit: Sequence[agent_pb2.InheritFd] = (),
+                        setup_ns: Sequence[agent_pb2.SetupNsAction] = ()) -> list[tuple[str, str]]:
+        """What the destination's policy (agent/policy.py) refuses in this restore: ``(key, message)``.
+
+        The agent runs the very checks its restore runs, so a refusal shows
+        here, before anything is frozen.
+        """
+        r = self._call(agent_pb2.HostProbeRequest(restore_options_json=json.dumps(restore), inherit=list(inherit),
+                                                  setup_ns=list(setup_ns), policy=True))
+        self._policy = list(r.policy_lines)
+        return [(x.key, x.message) for x in r.refusals]
+
     # -- report ----------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """What the destination said, for the report's ``destination`` section (JSON-ready)."""
@@ -170,5 +210,9 @@ class RemoteProbe:
             checks["paths"] = {p: (k or "missing") for p, k in self._paths.items()}
         if self._links:
             checks["links"] = {n: (k or "missing") for n, k in self._links.items()}
+        if self._conflicts is not None:
+            checks["conflicts"] = self._conflicts
+        if self._policy:
+            checks["policy"] = self._policy
         out["checks"] = checks
         return out

@@ -12,24 +12,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ctconsole.process import ProcStat, parse_stat
+
+__all__ = ["ProcStat", "parse_stat"]  # the one stat parser (ctconsole.process), read here from PROC
+
 PROC = "/proc"
 
 #: Namespace kinds, in the order ``/proc/PID/ns`` is usually listed.
 NS_KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
-
-
-@dataclass
-class ProcStat:
-    """The fields of ``/proc/PID/stat`` the inventory needs (host view)."""
-
-    pid: int
-    comm: str
-    state: str
-    ppid: int
-    pgid: int
-    sid: int
-    tty_nr: int
-    threads: int
 
 
 @dataclass
@@ -115,26 +105,6 @@ def list_pids() -> list[int]:
     except OSError:
         return []
     return out
-
-
-def parse_stat(pid: int, text: str) -> ProcStat | None:
-    """Parse a stat line; ``comm`` may contain spaces and parentheses, hence rpartition."""
-    try:
-        head, _, tail = text.rpartition(")")
-        comm = head.split("(", 1)[1]
-        f = tail.split()
-        return ProcStat(
-            pid=pid,
-            comm=comm,
-            state=f[0],
-            ppid=int(f[1]),
-            pgid=int(f[2]),
-            sid=int(f[3]),
-            tty_nr=int(f[4]),
-            threads=int(f[17]),
-        )
-    except (IndexError, ValueError):
-        return None
 
 
 def read_stat(pid: int) -> ProcStat | None:

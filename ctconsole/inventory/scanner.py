@@ -365,6 +365,7 @@ def build_container(
         controller=controller,
         processes=procs,
         own_namespaces=own,
+        runtime_note=info.note,
     )
     if not deep:
         return base
@@ -437,6 +438,8 @@ def _deepen(snap: Snapshot, c: Container, members: set[int], mnt_table: list[pro
                     ext_mnt = own_mnt and proc_mntns == init_mntns and bool(mount_ids) and mnt_id not in mount_ids
                     if fkey in file_fds:
                         file_fds[fkey][2].append(ref)
+                        if locked and not file_fds[fkey][4]:  # fdinfo shows a lock only on its own open file
+                            file_fds[fkey] = (*file_fds[fkey][:4], True, file_fds[fkey][5])
                     else:
                         file_fds[fkey] = (link, st, [ref], mnt_id, locked, ext_mnt)
 

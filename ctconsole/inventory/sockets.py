@@ -10,10 +10,21 @@ datagram and named vs unnamed:
 - stream/seqpacket peer outside -> external ``unix[INO]`` + inherit_fd (remap rule ``unix``);
 - named dgram peer outside -> ``ext_unix_sk`` (CRIU reconnects by name);
 - nameless dgram peer outside -> ``unix[INO]`` as for stream.
+
+CRIU looks a peer up only among the sockets of the dumped tree's network
+namespaces (sk-unix.c ``Unix socket %u without peer %u``), so a peer that
+lives in another netns is flagged ``peer_elsewhere``: no option helps.
+
+Every family CRIU dumps is recognised (sockets.c ``dump_socket``: unix, inet,
+inet6, packet, netlink); a socket no diag table reports (an unbound netlink
+socket is not hashed, raw/ICMP sockets are not in inet_diag) is named from
+its fd's ``system.sockprotoname`` xattr, and only families CRIU has no dumper
+for end up as ``other``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 
 from ctconsole.inventory.netlink import NETLINK_PROTOCOLS, TCP_STATES, DiagTables, UnixDiag
@@ -48,9 +59,15 @@ def unix_socket(
     all_holders: Mapping[int, list[FdRef]],
     members: set[int],
     describe: Callable[[int], str],
+    own: list[DiagTables] | None = None,
 ) -> Socket:
+    """``own``: the tables of the container's network namespace(s), where CRIU looks peers up."""
     peer_path = ""
     peer_holders: list[FdRef] = []
+    elsewhere = bool(d.peer) and own is not None and _find_unix(own, d.peer) is None
+    # connected, not accepted yet: the diag shows no peer (the server end has no inode yet) and the
+    # client's inode sits in a listener's queue (UNIX_DIAG_ICONS)
+    in_flight = not d.peer and d.type != "dgram" and d.state == 1 and _listener_of(tables, d.inode) is not None
     if d.peer:
         peer = _find_unix(tables, d.peer)
         peer_path = peer.name if peer else ""
@@ -97,6 +114,11 @@ def unix_socket(
         peer_holder=holder,
         holders=holders,
         external=ext,
+        rqueue=d.rqueue,
+        wqueue=d.wqueue,
+        icons=tuple(d.icons),
+        in_flight=in_flight,
+        peer_elsewhere=elsewhere,
     )
 
 
@@ -115,10 +137,12 @@ def build(
     (raw sockets read from /proc/PID/net), else they are reported as ``other``.
     """
     out: list[Socket] = []
+    # the container's netns tables: those that hold one of its sockets (CRIU collects only these)
+    own = [t for t in tables if any(i in t.unix or i in t.inet or i in t.netlink or i in t.packet for i in inodes)]
     for ino, holders in sorted(inodes.items()):
         ud = _find_unix(tables, ino)
         if ud is not None:
-            out.append(unix_socket(ud, holders, tables, all_holders, members, describe))
+            out.append(unix_socket(ud, holders, tables, all_holders, members, describe, own))
             continue
         item = _inet_socket(ino, holders, tables, all_holders, members, describe)
         if item is None:
@@ -165,8 +189,44 @@ def _inet_socket(
             protocol=d.proto,
             holders=holders,
             external=ext,
+            rqueue=d.rqueue,
+            wqueue=d.wqueue,
         )
     return None
+
+
+# system.sockprotoname (the socket's struct proto name) -> (family, type, protocol) for the families
+# CRIU dumps; the inet names with "v6" are inet6
+_PROTONAMES = {
+    "NETLINK": ("netlink", "raw", ""),
+    "PACKET": ("packet", "raw", ""),
+    "UNIX": ("unix", "", ""),
+    "UNIX-STREAM": ("unix", "stream", ""),
+    "TCP": ("inet", "stream", "tcp"),
+    "UDP": ("inet", "dgram", "udp"),
+    "UDP-Lite": ("inet", "dgram", "udplite"),
+    "RAW": ("inet", "raw", "raw"),
+    "PING": ("inet", "dgram", "icmp"),
+    "TCPv6": ("inet6", "stream", "tcp"),
+    "UDPv6": ("inet6", "dgram", "udp"),
+    "UDPLITEv6": ("inet6", "dgram", "udplite"),
+    "RAWv6": ("inet6", "raw", "raw"),
+    "PINGv6": ("inet6", "dgram", "icmp"),
+    "MPTCP": ("inet", "stream", "mptcp"),
+    "MPTCPv6": ("inet6", "stream", "mptcp"),
+    "SCTP": ("inet", "stream", "sctp"),
+    "SCTPv6": ("inet6", "stream", "sctp"),
+}
+
+
+def protoname(holders: tuple[FdRef, ...]) -> str:
+    """The kernel's name for a socket's protocol (``system.sockprotoname`` on the fd), "" if unknown."""
+    for h in holders:
+        try:
+            return os.getxattr(f"/proc/{h.pid}/fd/{h.fd}", "system.sockprotoname").rstrip(b"\0").decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+    return ""
 
 
 def _other_socket(
@@ -184,7 +244,12 @@ def _other_socket(
                 inode=ino,
                 protocol=NETLINK_PROTOCOLS.get(n.protocol, str(n.protocol)),
                 local=str(n.portid),
+                remote=f"{n.dst_portid}/{n.dst_group}" if n.dst_portid or n.dst_group else "",
+                state="bound" if n.portid else "unbound",
                 holders=holders,
+                rqueue=n.rqueue,
+                groups=n.groups[0] if n.groups else 0,
+                group_words=_crius_group_words(n.groups),
             )
         p = t.packet.get(ino)
         if p is not None:
@@ -194,18 +259,37 @@ def _other_socket(
                 inode=ino,
                 protocol=f"0x{p.num:04x}",
                 holders=holders,
+                groups=len(p.mclist),
+                group_words=max((c for _i, c in p.mclist), default=0),
             )
+    name = protoname(holders)
+    known = _PROTONAMES.get(name)
+    if known is not None:
+        fam, typ, proto = known
+        state = "unbound" if fam == "netlink" else ""
+        return Socket(family=fam, type=typ or "other", inode=ino, protocol=proto, state=state, holders=holders)
     fam = fallback_family(ino) if fallback_family else ""
     if fam:
         return Socket(family=fam, type="raw", inode=ino, holders=holders)
+    what = name or "a family sock_diag does not report"
     return Socket(
         family="other",
         type="other",
         inode=ino,
+        protocol=name,
         holders=holders,
         external=External(
-            reason=f"socket:[{ino}] is of a family sock_diag does not report (vsock, AF_ALG, bluetooth, "
-            "XDP...): CRIU cannot dump it",
+            reason=f"socket:[{ino}] is of {what} (CRIU dumps only unix, inet, inet6, packet and netlink "
+            "sockets): CRIU cannot dump it",
             remedy=NO_REMEDY + " (close it first)",
         ),
     )
+
+
+def _crius_group_words(words: tuple[int, ...]) -> int:
+    """How many 32-bit group words CRIU's sk-netlink.c keeps: all of them minus one trailing zero
+    word (it refuses more than one: 'has more than 32 groups')."""
+    n = len(words)
+    if n and words[-1] == 0:
+        n -= 1
+    return n

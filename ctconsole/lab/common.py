@@ -61,6 +61,67 @@ def reset_counter(path: str | Path) -> None:
     p.write_text("")
 
 
+def same_root(pid: int, path: str) -> bool:
+    """Whether ``pid``'s root directory is ``path`` (same device and inode)."""
+    try:
+        a, b = os.stat(f"/proc/{pid}/root"), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def copies_on_hosts(rootfs: str) -> dict[str, str]:
+    """Isolated lab host name -> real-host path of its copy of ``rootfs`` (where such a copy exists).
+
+    Why: a container migrated to an isolated host runs from a copy of its root at
+    the same path on that host's own filesystem; from here that copy is reached
+    through the host's sshd (``/proc/SSHD/root/PATH``).
+    """
+    from ctconsole.lab import state
+
+    out: dict[str, str] = {}
+    for h in state.load().hosts.values():
+        if h.kind != "isolated" or h.sshd is None or not h.sshd.alive():
+            continue
+        path = f"/proc/{h.sshd.pid}/root{rootfs}"
+        if os.path.isdir(path):
+            out[h.name] = path
+    return out
+
+
+def nspid_is_init(pid: int) -> bool:
+    """Whether ``pid`` is the init (pid 1) of a pid namespace below ours."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return line.split()[-1] == "1" and len(line.split()) > 2
+    except OSError:
+        pass
+    return False
+
+
+def running_on_hosts(name: str) -> list[tuple[str, int]]:
+    """(isolated lab host, init pid) of each copy of lab container ``name`` running on an isolated host.
+
+    Why by hostname and not by path: a migration may carry the root to another
+    path on the destination (its storage dir), so the copy is recognised as a
+    pid-namespace init inside the host whose UTS hostname is the container's
+    name (every lab container sets it) and whose root holds the lab counter.
+    """
+    from ctconsole.inventory.netlink import uts_hostname
+    from ctconsole.lab import isolated, state
+
+    out: list[tuple[str, int]] = []
+    for h in state.load().hosts.values():
+        if h.kind != "isolated" or h.sshd is None or not h.sshd.alive():
+            continue
+        for pid in isolated.processes_inside(h):
+            if nspid_is_init(pid) and os.path.exists(f"/proc/{pid}/root/{COUNTER_REL}") and uts_hostname(pid) == name:
+                out.append((h.name, pid))
+    return out
+
+
 def kill_rooted(rootfs: str) -> None:
     """SIGKILL every process rooted in ``rootfs`` (init first: that ends its pid namespace)."""
     for _ in range(3):
@@ -79,6 +140,11 @@ def stop_processes(c: LabContainer) -> None:
     if c.init is not None:
         kill(c.init)
     kill_rooted(c.rootfs)
+    for copy in copies_on_hosts(c.rootfs).values():  # a copy migrated to an isolated lab host
+        kill_rooted(copy)
+    for _, pid in running_on_hosts(c.name):  # ... or carried to another path there
+        kill_rooted(f"/proc/{pid}/root")
+    c.host = ""
     for h in c.helpers:
         kill(h)
     c.init = None

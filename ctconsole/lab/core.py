@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from ctconsole.lab import common, netns, proc, rootfs, state
+from ctconsole.lab import common, libvirt, lxc, netns, ns, proc, rootfs, runc, state
 from ctconsole.lab.proc import LabError, ProcRef
 from ctconsole.lab.state import Ctx, LabContainer, LabState
 
@@ -30,12 +30,12 @@ CONTAINERS: dict[str, tuple[str, str]] = {
     "lv": ("ctlab-lv", "libvirt"),
 }
 ALL_NAMES = tuple(full for full, _ in CONTAINERS.values())
+RUNTIME_MODULES: dict[str, ModuleType] = {"ns": ns, "runc": runc, "lxc": lxc, "libvirt": libvirt}
 
 
 def _module(modname: str) -> ModuleType:
-    import importlib
-
-    return importlib.import_module(f"ctconsole.lab.{modname}")
+    """The runtime module that starts/stops one lab container (each has record/start/stop/conflict)."""
+    return RUNTIME_MODULES[modname]
 
 
 def resolve(name: str) -> str:
@@ -85,25 +85,41 @@ def _ensure_hostd(st: LabState) -> None:
 
 
 def refresh(c: LabContainer) -> bool:
-    """Re-find the init if the recorded one is gone (a restore gives it a new pid); True if running."""
+    """Re-find the init if the recorded one is gone (a restore gives it a new pid); True if running.
+
+    The init is looked for here first, then on the isolated lab hosts (a container
+    migrated to one runs from a copy of its root there); ``c.host`` says where.
+    """
     if c.init is not None and c.init.alive():
+        if not common.same_root(c.init.pid, c.rootfs):
+            c.host = next((h for h, pid in common.running_on_hosts(c.name) if pid == c.init.pid), c.host)
         return True
     for pid in common.pids_rooted_at(c.rootfs):
         if nspid_is_init(pid):
             c.init = proc.ref(pid, "init")
+            c.host = ""
             return True
+    for host, pid in common.running_on_hosts(c.name):
+        c.init = proc.ref(pid, f"init (on lab host {host})")
+        c.host = host
+        return True
     return False
 
 
-def nspid_is_init(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return line.split()[-1] == "1" and len(line.split()) > 2
-    except OSError:
-        pass
-    return False
+def where(c: LabContainer) -> LabContainer:
+    """``c`` with ``counter_file`` pointing at the copy the container writes to now.
+
+    After a migration to an isolated lab host the counter the container appends to
+    is the one in its root's copy there (at whatever path the migration carried
+    it to); reading it through the restored init's root keeps ``read_counter``
+    (and the tests' tick checks) working across the move.
+    """
+    if c.host and c.init is not None and c.counter_file.startswith(c.rootfs + "/"):
+        c.counter_file = f"/proc/{c.init.pid}/root" + c.counter_file[len(c.rootfs) :]
+    return c
+
+
+nspid_is_init = common.nspid_is_init
 
 
 def _start_one(st: LabState, full: str) -> None:
@@ -122,7 +138,7 @@ def _start_one(st: LabState, full: str) -> None:
     st.containers[full] = c
     state.save(st)
     if full == "ctlab-lv":
-        vl, ld, note = _module("libvirt").ensure_daemons(ctx.lab, st.virtlogd, st.libvirtd)
+        vl, ld, note = libvirt.ensure_daemons(ctx.lab, st.virtlogd, st.libvirtd)
         st.virtlogd = st.virtlogd if vl is None and st.virtlogd and st.virtlogd.alive() else vl
         st.libvirtd = st.libvirtd if ld is None and st.libvirtd and st.libvirtd.alive() else ld
         state.save(st)
@@ -228,6 +244,8 @@ def status() -> LabState:
     for c in st.containers.values():
         if not refresh(c):
             c.init = None
+            c.host = ""
+        where(c)
     return st
 
 
@@ -249,8 +267,8 @@ def down() -> list[str]:
                 mod = _module(_modname(full))
                 mod.stop(c)
                 common.remove_owned(c)
-                if log := getattr(mod, "DOMAIN_LOG", ""):
-                    Path(log).unlink(missing_ok=True)
+                if mod is libvirt:
+                    Path(libvirt.DOMAIN_LOG).unlink(missing_ok=True)
                 removed.append(full)
                 del st.containers[full]
             except LabError as exc:
@@ -261,7 +279,7 @@ def down() -> list[str]:
             removed.append(f"host {name}")
         hosts.remove_src_if_unused(st)
         if st.libvirtd is not None or st.virtlogd is not None:
-            _module("libvirt").stop_daemons(st.virtlogd, st.libvirtd)
+            libvirt.stop_daemons(st.virtlogd, st.libvirtd)
             st.libvirtd = st.virtlogd = None
             removed.append("libvirtd/virtlogd (started by the lab)")
         if st.hostd is not None:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ctconsole import process
 from ctconsole.errors import CtError
 
 
@@ -35,30 +36,20 @@ class ProcRef:
         return self.pid > 0 and start_time(self.pid) == self.start and not is_zombie(self.pid)
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return None
-    # comm may contain spaces and parentheses: split after the last ')'
-    return text.rsplit(")", 1)[1].split()
-
-
 def start_time(pid: int) -> int:
-    """Kernel start time of ``pid`` in clock ticks, or -1 when it does not exist."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else -1
+    """Kernel start time of ``pid`` in clock ticks, or -1 when it does not exist (ctconsole.process reads it)."""
+    st = process.read_stat(pid)
+    return st.start_time if st else -1
 
 
 def is_zombie(pid: int) -> bool:
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] in ("Z", "X")
+    st = process.read_stat(pid)
+    return st is not None and st.state in process.EXITED_STATES
 
 
 def ppid_of(pid: int) -> int:
-    fields = _stat_fields(pid)
-    return int(fields[1]) if fields else -1
+    st = process.read_stat(pid)
+    return st.ppid if st else -1
 
 
 def ref(pid: int, what: str = "") -> ProcRef:
@@ -68,18 +59,7 @@ def ref(pid: int, what: str = "") -> ProcRef:
 
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (all threads' children files)."""
-    out: list[int] = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out.extend(int(x) for x in f.read().split())
-        except OSError:
-            continue
-    return out
+    return process.children(pid)
 
 
 def run(

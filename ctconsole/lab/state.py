@@ -22,6 +22,8 @@ from ctconsole import config
 from ctconsole.lab.proc import ProcRef
 
 STATE_VERSION = 1
+# what an isolated lab host has of its own (everything else is the real host's tree, read-only)
+PRIVATE_DIRS = ("/var/lib", "/run", "/tmp", "/var/tmp", "/srv")
 
 
 def lab_dir() -> Path:
@@ -70,6 +72,7 @@ class LabContainer:
     tcp_port: int = 0  # TCP listener inside the container
     error: str = ""  # why it is not running, when ``up`` could not start it
     note: str = ""  # a warning about how it runs (e.g. a libvirtd the lab did not start)
+    host: str = ""  # isolated lab host it runs on after a migration there ("" = this host)
 
     @property
     def init_pid(self) -> int:
@@ -97,6 +100,25 @@ class LabHost:
     index: int
     src_link: str = ""  # veth end inside src_netns
     link: str = ""  # veth end inside netns
+    # isolated hosts (``kind == "isolated"``): own mount namespace, sshd, private filesystems
+    kind: str = "netns"  # netns | isolated
+    rate: str = ""  # tc tbf rate on both ends of the link ("" = unshaped)
+    delay: str = ""  # tc netem delay on both ends of the link (one way)
+    sshd: ProcRef | None = None  # the host's sshd: it holds the mount namespace
+    mnt_ns: int = 0  # inode of the host's mount namespace
+    net_ns: int = 0  # inode of the host's network namespace
+    private_devs: list[int] = field(default_factory=list)  # st_dev of its private filesystems
+    host_dir: str = ""  # lab-side files of this host (disk image, sshd keys, log)
+
+    @property
+    def dest(self) -> str:
+        """The exact ``--to`` string for this host."""
+        return f"ssh://root@{self.address}" if self.kind == "isolated" else f"netns:{self.netns}"
+
+    @property
+    def private_dirs(self) -> tuple[str, ...]:
+        """Directories that are private to an isolated host (same paths as on the real host)."""
+        return PRIVATE_DIRS if self.kind == "isolated" else ()
 
 
 @dataclass
@@ -128,6 +150,13 @@ def _container(d: dict[str, Any]) -> LabContainer:
     return LabContainer(**{k: v for k, v in d.items() if k in known})
 
 
+def _host(d: dict[str, Any]) -> LabHost:
+    known = {f.name for f in dataclasses.fields(LabHost)}
+    d = {k: v for k, v in d.items() if k in known}
+    d["sshd"] = _ref(d.get("sshd"))
+    return LabHost(**d)
+
+
 def from_dict(d: dict[str, Any]) -> LabState:
     st = LabState()
     for key in ("version", "root", "bridge", "bridge_created", "src_netns_created", "owned_dirs"):
@@ -137,8 +166,7 @@ def from_dict(d: dict[str, Any]) -> LabState:
     st.libvirtd = _ref(d.get("libvirtd"))
     st.virtlogd = _ref(d.get("virtlogd"))
     st.containers = {k: _container(v) for k, v in d.get("containers", {}).items()}
-    known = {f.name for f in dataclasses.fields(LabHost)}
-    st.hosts = {k: LabHost(**{a: b for a, b in v.items() if a in known}) for k, v in d.get("hosts", {}).items()}
+    st.hosts = {k: _host(v) for k, v in d.get("hosts", {}).items()}
     return st
 
 

@@ -1,4 +1,13 @@
-"""Live migration: engine (state machine), events, agent (destination side), channel, journal.
+"""Live migration: the engine (state machine) and what it is made of, plus the destination's server.
+
+Modules: ``engine`` (Migration, MigrationRequest, Plan: one method per phase),
+``options`` (the rules compiled once, with the destination; refusals),
+``restoreenv`` (inherited fds, setup-namespaces actions, the source-side
+restore), ``precopy`` (round policy and layout), ``netns`` (source netns
+plumbing), ``journal`` (records, locks), ``recovery`` (after a console crash),
+``destination`` (``ctconsole agent --stdio``: the server on the far side),
+``keeper`` (the restored tree's parent), ``pipes``, ``hostview``, ``events``.
+Reaching a destination is the agent layer's job (:mod:`ctconsole.agent`).
 
 Entry point for the CLI and the TUI::
 

@@ -22,120 +22,67 @@ Pre-copy adds PRE_DUMP rounds before that DUMP, on the same ``criu swrk``
 session, while the source still runs (:meth:`Migration._precopy`); none of
 them releases anything, so the rule above is unchanged. Remap rules add fds
 the agent opens just before RESTORE and VF moves it does in CRIU's
-``setup-namespaces`` notify (:func:`compile_options`).
+``setup-namespaces`` notify (restoreenv.py).
 
+The run is one method per phase (:meth:`Migration._begin`, ``_prepare``,
+``_perform``, ``_finish``, ``_confirm``) with a :class:`Plan` passed from one
+to the next: what Begin decided (strategy, mode, destination) and Prepare
+completed (page server, source netns, options). The options themselves come
+from options.py (the rules compiled once, with the destination); the restore
+environment from restoreenv.py; pre-copy's arithmetic from precopy.py.
 Every step is written to a journal first (journal.py), so a crash of
-ctconsole itself is resolved by :func:`recover_one` at the next start.
+ctconsole itself is resolved by recovery.py at the next start.
 Progress goes out as plain events (events.py) through one callback.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import json
 import os
 import re
 import secrets
-import shlex
 import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+from ctconsole import process
+from ctconsole.agent.channel import CHUNK_SIZE, AgentChannel, AgentError, Destination, parse_destination
+from ctconsole.agent.connect import connect
 from ctconsole.config import private_dir, state_dir
+from ctconsole.criu.client import CriuClient
+from ctconsole.criu.images import ImageError, parse_stats
+from ctconsole.criu.selftest import lazy_pages_works
 from ctconsole.errors import CtError, UsageError
+from ctconsole.inventory import resolve
+from ctconsole.migrate import adopt, storage, transport
 from ctconsole.migrate import events as ev
-from ctconsole.migrate.agent import descendants, proc_state, start_time
-from ctconsole.migrate.channel import CHUNK_SIZE, PROTOCOL_VERSION, AgentChannel, AgentError, parse_destination
+from ctconsole.migrate.destination import bridges_needed
 from ctconsole.migrate.journal import Journal, MigrationLock, new_id
-from ctconsole.model import Container, Process
+from ctconsole.migrate.netns import clear_criu_netlock, free_port, in_netns, local_ipv4, wait_listen
+from ctconsole.migrate.options import MigrationOptions, Refusal, migration_options
+from ctconsole.migrate.precopy import (
+    PRECOPY_DIR,
+    PrecopyPolicy,
+    precopy_final_opts,
+    precopy_round_dir,
+    precopy_round_opts,
+    precopy_should_stop,
+)
+from ctconsole.migrate.restoreenv import RestoreEnv, restore_here
+from ctconsole.model import Container
 from ctconsole.proto import agent_pb2
 
 STRATEGIES = ("auto", "stop-copy", "pre-copy", "post-copy")
-Emit = Callable[[object], None]
-
-
-class Refusal(CtError):
-    """The migration was refused before anything was frozen."""
-
-
-@dataclass(frozen=True)
-class PrecopyPolicy:
-    """When to stop iterating pre-copy rounds and do the final (frozen) dump.
-
-    Stop after ``max_rounds``; or when a round wrote fewer than ``min_pages``
-    (what is left is small enough to freeze for); or when the dirty set grows
-    by more than ``max_growth`` times the previous round (the workload dirties
-    memory faster than we copy it: more rounds would not converge).
-    """
-
-    max_rounds: int = 5
-    min_pages: int = 1024
-    max_growth: float = 1.0
-
-
-def precopy_should_stop(policy: PrecopyPolicy, written: list[int]) -> tuple[bool, str]:
-    """Decide after each pre-copy round (``written`` = pages written per round so far)."""
-    if not written:
-        return False, ""
-    if len(written) >= policy.max_rounds:
-        return True, f"reached {policy.max_rounds} rounds"
-    if written[-1] < policy.min_pages:
-        return True, f"last round wrote {written[-1]} pages (< {policy.min_pages})"
-    if len(written) >= 2 and written[-2] > 0 and written[-1] / written[-2] > policy.max_growth:
-        return True, f"not converging ({written[-2]} -> {written[-1]} pages)"
-    return False, ""
-
-
-#: pre-copy rounds live in IMAGES/pre/1, IMAGES/pre/2, ... on both sides; the final dump goes to IMAGES
-PRECOPY_DIR = "pre"
-
-
-def precopy_round_dir(images: Path, k: int) -> Path:
-    """Where PRE_DUMP round ``k`` (1-based) writes, on the source and (mirrored) on the destination.
-
-    Why inside the final images dir: the agent removes one directory on
-    rollback and success, and ``parent`` links stay relative
-    (``pre/k/parent -> ../k-1``, ``IMAGES/parent -> pre/N``), so the same
-    tree resolves wherever it is copied.
-    """
-    return images / PRECOPY_DIR / str(k)
-
-
-def precopy_round_opts(base: dict[str, Any], k: int, ps: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The PRE_DUMP options of round ``k``: the dump's own options, ``track_mem``, ``parent_img`` from round 2.
-
-    ``ps`` (page-server mode) sends this round's pages to the destination
-    page server started for it; otherwise they stay local and go over the
-    agent channel. ``lazy_pages`` and a stale ``ps``/``parent_img`` from the
-    base are dropped: they describe the final dump, not a round.
-    """
-    opts = {key: v for key, v in base.items() if key not in ("ps", "parent_img", "lazy_pages")}
-    opts["track_mem"] = True
-    if k > 1:
-        opts["parent_img"] = f"../{k - 1}"
-    if ps:
-        opts["ps"] = dict(ps)
-    return opts
-
-
-def precopy_final_opts(base: dict[str, Any], rounds: int, ps: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The final DUMP after ``rounds`` pre-dumps: only pages dirtied since the last round are written."""
-    opts = {key: v for key, v in base.items() if key not in ("ps", "parent_img", "lazy_pages")}
-    opts["track_mem"] = True
-    opts["parent_img"] = f"{PRECOPY_DIR}/{rounds}"
-    if ps:
-        opts["ps"] = dict(ps)
-    return opts
+Emit = Callable[[ev.Event], None]
+# runtimes whose controller deletes the container's cgroup (killing its tasks) when the container stops
+RUNTIMES_OWNING_CGROUPS = frozenset({"libvirt-lxc", "lxc", "nspawn"})
 
 
 @dataclass
@@ -149,11 +96,10 @@ class MigrationRequest:
     probe: str | None = None
     policy: PrecopyPolicy = field(default_factory=PrecopyPolicy)
     timeout: float = 120.0
-    extra_dump: dict[str, Any] = field(default_factory=dict)
-    extra_restore: dict[str, Any] = field(default_factory=dict)
     preflight: bool = True
-    #: network namespace to run the dumping CRIU in (it must reach the page server); "" = ours,
-    #: except that a lab host (``ctconsole lab host add``) is reached from its ``ctlab-src``
+    #: network namespace the destination is reached from ("" = ours): the dumping CRIU runs there
+    #: when it must connect to the destination (page server, post-copy). The caller fills it: the
+    #: CLI from ``--source-netns`` or, for a lab host, from the lab (the engine never asks the lab)
     source_netns: str = ""
     #: stream pages to the destination's CRIU page server during the dump (handover mode);
     #: False dumps locally and sends every image over the agent channel inside post-dump
@@ -162,216 +108,38 @@ class MigrationRequest:
     #: locally and hard-link the images into its images dir: no bytes move and no page server runs
     #: (``page_server`` is then moot). False: always send the bytes (benchmarks, tests)
     shared_images: bool = True
+    #: the container's root and carried bind-mount sources (migrate/storage.py): ``auto`` copies what
+    #: the destination does not already have, ``shared`` never copies (it must be there), ``copy`` always
+    storage: str = "auto"
 
 
-# -- container resolution (inventory when present, a minimal tree otherwise) ----------
-def _ns_inode(pid: int | str, kind: str) -> int:
-    try:
-        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
-    except OSError:
-        return 0
+@dataclass
+class Plan:
+    """What Begin decided and Prepare completed, handed from phase to phase.
 
-
-def minimal_container(pid: int) -> Container:
-    """A Container for a bare process tree, from /proc only (no inventory needed)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError as exc:
-        raise UsageError(f"no process {pid}") from exc
-    name = stat[stat.index("(") + 1 : stat.rindex(")")]
-    rest = stat.rsplit(")", 1)[1].split()
-    own = tuple(k for k in ("pid", "net", "mnt", "uts", "ipc", "user", "cgroup", "time")
-                if _ns_inode(pid, k) and _ns_inode(pid, k) != _ns_inode(1, k))
-    root = ""
-    if "mnt" in own:
-        with contextlib.suppress(OSError):
-            root = os.readlink(f"/proc/{pid}/root")
-    proc = Process(pid=pid, ppid=int(rest[1]), nspid=pid, name=name, cmdline="", state=rest[0],
-                   uid=0, sid=int(rest[3]), pgid=int(rest[2]))
-    return Container(id=f"tree:{pid}", name=f"{name}[{pid}]", runtime="tree", init_pid=pid,
-                     processes=(proc,), own_namespaces=own, root_path=root if root != "/" else "")
-
-
-def resolve_container(ref: str) -> Container:
-    try:
-        from ctconsole import inventory
-
-        resolver = getattr(inventory, "resolve", None)
-    except ImportError:
-        resolver = None
-    if resolver is not None:
-        c: Container = resolver(ref)
-        return c
-    text = ref.split(":", 1)[1] if ref.startswith(("tree:", "pid:")) else ref
-    if not text.isdigit():
-        raise UsageError(f"cannot resolve '{ref}' (inventory not available: use tree:PID)")
-    return minimal_container(int(text))
-
-
-def _feasibility(container: Container, req: MigrationRequest, notes: list[str]) -> Any:
-    """The static feasibility report (remedies become options); refuses blockers before freezing.
-
-    Host probes are skipped here: the engine asks both CRIUs itself (FEATURE_CHECK
-    here, hello on the destination), and CRIU's own dump is the final word.
+    ``dump``/``restore`` are the options from options.py, completed here with
+    what only the destination can tell (page server, cgroup root, lazy pages).
     """
-    try:
-        from ctconsole import feasibility
-    except ImportError:
-        return None
-    check = getattr(feasibility, "check", None)
-    if check is None:
-        return None
-    try:
-        report = check(container, rules=req.rules, hosts=False)  # dest probes: the agent does them
-    except TypeError:
-        report = check(container)
-    except CtError as exc:
-        notes.append(f"feasibility check unavailable: {exc.message}")
-        return None
-    verdict = str(getattr(report, "verdict", ""))
-    findings = list(getattr(report, "findings", ()))
-    blocking = [f for f in findings if getattr(f, "severity", "") == "blocker"
-                or (getattr(f, "severity", "") == "needs-rule" and not getattr(f, "satisfied", False))]
-    lines = [f"{getattr(f, 'subject', '')}: {getattr(f, 'message', '')} -> {getattr(f, 'remedy', '')}"
-             for f in blocking]
-    if verdict == "infeasible":
-        raise Refusal("CRIU cannot checkpoint this container (feasibility: infeasible)", lines)
-    if verdict == "needs-rules":
-        raise Refusal("this container needs remap rules before it can move (feasibility: needs-rules)",
-                      [*lines, f"see: ctconsole check {req.ref}; ctconsole rules suggest {req.ref}"])
-    return report
 
+    dest: Destination
+    strategy: str
+    mode: str  # handover | sequential (see the module doc)
+    images: Path
+    dump: dict[str, Any]
+    restore: dict[str, Any]
+    addresses: list[str] = field(default_factory=list)  # the destination's global addresses (post-copy)
+    probe: list[str] = field(default_factory=list)
+    use_ps: bool = False  # pages stream to the destination's page server
+    ps_addr: str = ""
+    src_ns: str = ""  # the network namespace the dump runs in ("" = ours)
 
-def _merge(base: dict[str, Any], more: dict[str, Any]) -> None:
-    for k, v in more.items():
-        if isinstance(v, list) and isinstance(base.get(k), list):
-            base[k] = base[k] + [x for x in v if x not in base[k]]
-        else:
-            base[k] = v
+    @property
+    def precopy(self) -> bool:
+        return self.strategy == "pre-copy"
 
-
-def compile_options(
-    container: Container, req: MigrationRequest, inherit: list[dict[str, Any]] | None = None,
-    setup_ns: list[dict[str, Any]] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """Dump and restore options: engine base, then feasibility remedies, remap rules, explicit extras.
-
-    ``inherit`` (when given) receives the fds the destination must open for the
-    restore (``{"key", "how", "path"[, "mode", "perm"]}``); the agent opens
-    them on its host just before RESTORE. ``setup_ns`` receives the rules'
-    setup-namespaces actions (VF moves), done by the agent in that notify.
-    """
-    root = container.processes[0] if container.processes else None
-    shell_job = bool(root and root.sid != container.init_pid)
-    dump: dict[str, Any] = {"pid": container.init_pid, "log_level": 4}
-    restore: dict[str, Any] = {"log_level": 4}
-    notes: list[str] = []
-    if shell_job:
-        dump["shell_job"] = restore["shell_job"] = True
-    if container.has_own("mnt") and container.root_path:
-        restore["root"] = container.root_path
-    report = _feasibility(container, req, notes)
-    if report is not None:
-        opts = getattr(report, "options", None) or {}
-        _merge(dump, dict(opts.get("dump", {})))
-        _merge(restore, dict(opts.get("restore", {})))
-    if req.rules:
-        from ctconsole.remap.compile import KEEP_PTY_MASTER, compile_rules
-        from ctconsole.remap.parse import load
-
-        comp = compile_rules(load(req.rules), container, req.dest)
-        _merge(dump, comp.dump)
-        _merge(restore, comp.restore)
-        notes.extend(comp.notes)
-        from ctconsole.remap.compile import CONNECT_UNIX, MOVE_VF, OPEN_FILE
-
-        unsupported = [i.key for i in comp.inherit if i.how not in (KEEP_PTY_MASTER, CONNECT_UNIX, OPEN_FILE)]
-        unsupported += [f"{a.action} {a.interface}" for a in comp.setup_ns_actions if a.action != MOVE_VF]
-        if unsupported:
-            raise Refusal("the rules need inherited fds or actions the agent cannot provide: "
-                          + ", ".join(unsupported))
-        if inherit is not None:
-            for i in comp.inherit:
-                if i.how == CONNECT_UNIX:
-                    inherit.append({"key": i.key, "how": i.how, "path": i.path})
-                elif i.how == OPEN_FILE:
-                    inherit.append({"key": i.key, "how": i.how, "path": i.path, "mode": i.mode or "append",
-                                    "perm": i.perm})
-        if setup_ns is not None:
-            setup_ns.extend({"action": a.action, "interface": a.interface, "pf": a.pf,
-                             "vfs": list(a.vfs or ()), "any_vf": a.vfs is None} for a in comp.setup_ns_actions)
-        if comp.setup_ns_actions:
-            restore["notify_scripts"] = True  # the VF moves happen in the setup-namespaces notify
-    if inherit is not None:
-        # stdio pipes held by a runtime outside the tree (runc's descriptors.json case): new pipes
-        # on the destination, kept by the restore parent (migrate/pipes.py)
-        from ctconsole.migrate.pipes import external_pipes
-
-        have = {i["key"] for i in inherit}
-        for xp in external_pipes([p.pid for p in container.processes] or descendants(container.init_pid)):
-            if xp.key not in have:
-                inherit.append(xp.spec())
-                notes.append(f"{xp.key} (pid {xp.holders[0][0]} fd {xp.holders[0][1]}): its other end is "
-                             "outside the container; a new pipe is made on the destination and its other "
-                             + ("end is logged by the restore parent" if xp.direction == "write"
-                                else "end is held open by the restore parent"))
-    _merge(dump, req.extra_dump)
-    _merge(restore, req.extra_restore)
-    dump["pid"] = container.init_pid
-    if dump.get("orphan_pts_master"):
-        restore["orphan_pts_master"] = True
-    return dump, restore, notes
-
-
-CLONE_NEWNET = 0x40000000
-# runtimes whose controller deletes the container's cgroup (killing its tasks) when the container stops
-RUNTIMES_OWNING_CGROUPS = frozenset({"libvirt-lxc", "lxc", "nspawn"})
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run this thread (and the processes it starts, e.g. ``criu swrk``) in netns ``name``.
-
-    Why: a lab host is reachable only from the lab's source namespace, and the
-    dumping CRIU must connect to the destination's page server. setns() moves
-    only the calling thread; the previous namespace is restored on exit.
-    """
-    if not name:
-        yield
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        os.close(orig)
-        raise CtError(f"cannot open network namespace {name}: {exc.strerror}") from exc
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise CtError(f"cannot enter network namespace {name}: {os.strerror(err)}")
-        try:
-            yield
-        finally:
-            if libc.setns(orig, CLONE_NEWNET) != 0:
-                raise CtError("cannot return to the original network namespace")
-    finally:
-        os.close(target)
-        os.close(orig)
-
-
-def lab_source_netns(dest_netns: str) -> str:
-    """The namespace a lab host is reached from (``ctlab-src``), or "" when DEST is not a lab host."""
-    try:
-        from ctconsole.lab import hosts
-
-        for h in hosts.list_hosts():
-            if h.netns == dest_netns:
-                return str(h.src_netns)
-    except Exception:  # no lab here: nothing to adapt
-        return ""
-    return ""
+    @property
+    def postcopy(self) -> bool:
+        return self.strategy == "post-copy"
 
 
 def _fault(point: str, abort: Callable[[], bool] = lambda: False) -> None:
@@ -416,18 +184,21 @@ class Migration:
         self.source_released = False
         self.dest_restored = False
         self.committed = False  # commit was sent (at most once)
+        self.commit_confirmed = False  # the destination answered the commit: only then "migrated"
         self.details: dict[str, Any] = {"id": self.id}
-        self.inherit: list[dict[str, Any]] = []
-        self.setup_ns: list[dict[str, Any]] = []  # remap setup-namespaces actions (VF moves) for the agent
+        self.env = RestoreEnv()  # inherited fds and setup-namespaces actions (VF moves) for the restore
         self.rounds = 0  # pre-copy rounds done
         self.cause: list[str] = []  # why the handover refused post-dump (the real reason for a rollback)
         self.lazy: tuple[str, int, str, int] = ("", 0, "", 0)
         self.helper: threading.Thread | None = None
         self.shared = False  # the agent links our images (same filesystem) instead of receiving them
         self.marks: list[tuple[str, float]] = []  # (what, monotonic time): the frozen window's timeline
+        self.page_link: transport.PageLink | None = None  # our end of the page channel (the dump's ps.fd)
+        self.carry_paths: list[str] = []  # bind-mount sources marked carry = true
+        self.carry: storage.Plan | None = None  # what follows the container, and where the destination put it
 
     # -- plumbing -------------------------------------------------------------------
-    def emit(self, e: object) -> None:
+    def emit(self, e: ev.Event) -> None:
         with contextlib.suppress(Exception):
             self._emit(e)
 
@@ -474,16 +245,18 @@ class Migration:
         done: ev.Done | None = None
         try:
             self.phase("begin", f"{self.req.ref} -> {self.req.dest}")
-            self.container = c = resolve_container(self.req.ref)
+            self.container = c = resolve(self.req.ref)
             lock = MigrationLock(c.id).acquire()
-            self.source_pid, self.source_start = c.init_pid, start_time(c.init_pid)
-            dump_opts, restore_opts, notes = compile_options(c, self.req, self.inherit, self.setup_ns)
+            self.source_pid, self.source_start = c.init_pid, process.start_time(c.init_pid)
+            opts = migration_options(c, self.req.dest, self.req.rules, self.req.ref)
+            self.env = opts.env
+            self.carry_paths = list(opts.carry)
             self.journal.write("begin", container=c.id, name=c.name, dest=self.req.dest,
                                strategy=self.req.strategy, source_pid=self.source_pid,
                                source_start=self.source_start, lock=str(lock.path), pid=os.getpid())
-            for n in notes:
+            for n in opts.notes:
                 self.info(n, "warning")
-            done = self._run(c, dump_opts, restore_opts)
+            done = self._run(c, opts)
         except Refusal as exc:
             done = self._finish_refused(exc.message, exc.details)
         except CtError as exc:
@@ -500,13 +273,213 @@ class Migration:
                 self._keep_logs()
                 # the local images are the last copy of a released source unless we know better
                 safe = done is not None and (done.result in ("migrated", "rolled-back")
-                                             or done.details.get("source") == "untouched")
+                                             or done.source == "untouched")
                 if safe or not self.source_released:
                     shutil.rmtree(self.work, ignore_errors=True)
             if lock is not None:
                 lock.release()
         self.emit(done)
         return done
+
+    def _run(self, c: Container, opts: MigrationOptions) -> ev.Done:
+        """Begin, Prepare, Perform, Finish, Confirm; a :class:`Plan` goes from each phase to the next."""
+        client = CriuClient(timeout=self.req.timeout)
+        plan = self._begin(c, client, opts)
+        self._prepare(plan)
+        result = self._perform(c, client, plan)
+        self._finish(plan, result)
+        return self._confirm(c, plan)
+
+    def _begin(self, c: Container, client: CriuClient, opts: MigrationOptions) -> Plan:
+        """Begin: reach the destination, learn what it can do, choose the strategy and the mode."""
+        local = client.feature_check()
+        self.work = private_dir(state_dir() / "work" / self.id)
+        cpu_dir = private_dir(self.work / "cpu")
+        cpuinfo = b""
+        with contextlib.suppress(CtError, OSError):
+            cpuinfo = client.cpuinfo_dump(cpu_dir).read_bytes()
+        dest = parse_destination(self.req.dest)
+        self.channel, hello = connect(dest, log_dir=self.work, cpuinfo=cpuinfo, should_abort=self.aborted)
+        self.journal.write("agent", agent_pid=self.channel.pid)
+        self.details["destination"] = {"host": hello.hostname, "criu": hello.criu_version, "kernel": hello.kernel}
+        if not hello.criu_version:
+            raise Refusal(f"CRIU is not usable on {dest}")
+        if not hello.cpuinfo_ok:
+            raise Refusal(f"the destination CPU is not compatible: {hello.cpuinfo_detail}")
+        self.strategy = self._choose_strategy(local, hello)
+        same_kernel = (hello.boot_id == _boot_id() and hello.pidns_inode == os.stat("/proc/self/ns/pid").st_ino)
+        self.mode = "handover" if (not same_kernel or c.has_own("pid")) else "sequential"
+        if hello.boot_id == _boot_id():
+            self._own_cgroup_root(c, opts.restore)
+        if self.strategy == "post-copy" and self.mode != "handover":
+            raise Refusal("post-copy cannot restore while the source keeps its pids (same kernel, shared pid "
+                          "namespace): the source stays frozen until every page has moved",
+                          ["use --strategy stop-copy"])
+        self.details.update(strategy=self.strategy, mode=self.mode)
+        self.journal.write("plan", strategy=self.strategy, mode=self.mode, dest=str(dest))
+        self.info(f"strategy {self.strategy}, {self.mode} mode"
+                  + (" (same kernel, shared pid namespace: restore after the source is released)"
+                     if self.mode == "sequential" else ""))
+        return Plan(dest=dest, strategy=self.strategy, mode=self.mode, images=private_dir(self.work / "images"),
+                    dump=opts.dump, restore=opts.restore, addresses=list(hello.addresses),
+                    probe=[self.req.probe] if self.req.probe else [])  # a name: the argv is the destination's
+
+    def _prepare(self, plan: Plan) -> None:
+        """Prepare: destination checks, its images dir, the page server (or linked images), post-copy's server."""
+        assert self.channel is not None
+        ch, dest = self.channel, plan.dest
+        self.phase("prepare", str(dest))
+        # storage that follows the container: the destination decides what it already has (dry run)
+        items = self._carry_items(plan)
+        carried = set()
+        if items:
+            dry = storage.ask(ch, self.id, items, self.req.storage, dry_run=True)
+            if dry.problems:
+                raise Refusal("the container's storage cannot follow it", dry.problems)
+            carried = {it.path for it, _ in dry.carried}
+        if self.req.preflight and os.environ.get("CTCONSOLE_FAULT", "").find("skip:preflight") < 0:
+            root = plan.restore.get("root")
+            paths = [root] if root and root not in carried else []
+            pf = ch.call("preflight", agent_pb2.PreflightRequest(
+                bridges=bridges_needed(plan.restore), paths=paths), timeout=60)
+            if not pf.ok:
+                raise Refusal("the destination is not ready", list(pf.problems))
+        plan.use_ps = self.mode == "handover" and self.req.page_server and not plan.postcopy
+        plan.ps_addr = "" if dest.kind == "netns" else "127.0.0.1"
+        token = self._share_token(plan.restore)
+        # pre-copy: one page server per round (and one for the final dump), asked for round by round
+        prep = ch.call("prepare", agent_pb2.PrepareRequest(
+            migration_id=self.id, page_server=plan.use_ps and not plan.precopy, page_server_address=plan.ps_addr,
+            shared_token=token), timeout=60)
+        if prep.shared_fs:
+            # same filesystem: a local dump and hard links beat any transfer (CRIU's page server
+            # over TCP was the slowest path here); the agent started no page server
+            self.shared, plan.use_ps = True, False
+            self.info(f"{dest} shares this filesystem: the images are linked there, not copied")
+        if plan.use_ps and not plan.precopy:
+            _fault("page-link", self.aborted)  # tests: the destination's page socket is listening now
+            self._open_page_link(prep.page_socket, plan)
+        if items:
+            self._carry(items, plan)
+        # the destination's policy (agent/policy.py) on this very restore (with the carried paths),
+        # before anything is frozen
+        hp = ch.call("host_probe", agent_pb2.HostProbeRequest(
+            restore_options_json=json.dumps(plan.restore), inherit=self.env.inherit_msgs(),
+            setup_ns=self.env.setup_ns_msgs(), probe_name=plan.probe[0] if plan.probe else ""), timeout=60)
+        if hp.refusals:
+            raise Refusal(f"the destination's policy refuses this migration: {hp.refusals[0].message}",
+                          [r.message for r in hp.refusals[1:]])
+        # the dumping CRIU enters the caller's source netns only when it must reach the destination
+        # (post-copy's lazy pages; the page channel is a unix socket, reached from any netns)
+        plan.src_ns = self.req.source_netns if plan.postcopy else ""
+        if plan.postcopy:
+            self.lazy = self._setup_lazy(dest, plan.src_ns, plan.addresses)
+            plan.dump["lazy_pages"] = True
+            plan.dump["ps"] = {"address": self.lazy[0], "port": self.lazy[1]}
+            self.info(f"post-copy: the source serves pages on {self.lazy[0]}:{self.lazy[1]}; the destination's "
+                      f"lazy-pages daemon pulls them from {self.lazy[2]}:{self.lazy[3]}")
+        self.journal.write("options", dump=plan.dump, restore=plan.restore, inherit=self.env.inherit,
+                           setup_ns=self.env.setup_ns, images=str(plan.images))
+        self._check_abort()
+        _fault("prepare", self.aborted)
+
+    def _perform(self, c: Container, client: CriuClient, plan: Plan) -> Any:
+        """Perform: freeze and dump; the handover happens inside CRIU's post-dump notify. Returns CRIU's result."""
+        self.phase("perform", f"{self.strategy}: dumping pid {c.init_pid}")
+        images, restore_opts, probe, postcopy = plan.images, plan.restore, plan.probe, plan.postcopy
+
+        def on_notify(note: Any) -> bool:
+            if note.script == "pre-dump":
+                self.t_freeze = time.monotonic()
+                return True
+            if note.script != "post-dump":
+                return True
+            self.t_freeze = self.t_freeze or time.monotonic()
+            self.mark("post-dump")
+            self.tree_pids = process.descendants(c.init_pid)
+            if postcopy:
+                return self._start_postcopy(images, restore_opts, plan.src_ns)
+            if self.mode == "handover":
+                return self._handover(images, restore_opts, probe)
+            # sequential: release the source only once the journal knows where the images are
+            self.journal.write("source_released", images=str(images), tree=self.tree_pids)
+            self.source_released = True
+            return True
+
+        if plan.src_ns:
+            self.info(f"dumping from network namespace {plan.src_ns} (it reaches the destination's page server)")
+        # mark the freeze start just before the request: "pre-dump" comes before freezing
+        self.t_freeze = time.monotonic()
+        result: Any
+        try:
+            with in_netns(plan.src_ns):
+                if plan.precopy:
+                    result = self._precopy(client, plan, on_notify)
+                else:
+                    result = client.dump(plan.dump, images, on_notify=on_notify, timeout=self.req.timeout,
+                                         ps_fd=self.page_link.fd if self.page_link else None)
+        except CtError as exc:
+            self._close_page_link()
+            if postcopy:
+                self._join_postcopy()
+                if self.cause:
+                    exc.details = [*self.cause, *exc.details]
+                raise CtError("post-copy failed; CRIU resumed the source: " + exc.message, exc.details) from exc
+            if self.mode == "handover" and self.dest_restored and process.exited(self.source_pid, self.source_start):
+                # post-dump was acknowledged and the source is gone: the destination copy is the container
+                self.info(f"CRIU reported an error after the handover: {exc.message}", "warning")
+                result = None
+            else:
+                raise
+        self._close_page_link()
+        if postcopy:
+            self._join_postcopy()
+            if not self.dest_restored:
+                raise CtError("post-copy: CRIU finished but the destination never reported the restore",
+                              self.cause)
+        self.mark("dump-returned")
+        if self.mode == "handover":
+            self.journal.write("acked", durable=False)
+            self.source_released = True
+            if not postcopy:
+                self._commit(probe, postcopy)  # the held copy waits: commit before any bookkeeping
+        return result
+
+    def _finish(self, plan: Plan, result: Any) -> None:
+        """Finish: account for the dump, restore now in sequential mode, commit the destination's copy."""
+        if result is not None and result.stats is not None:
+            st = result.stats
+            self.frozen_seconds = st.frozen_time_us / 1e6
+            self.journal.write("dump_stats", durable=False, **st.__dict__)
+            self.emit(ev.FinalDump(self.rounds, st.pages_scanned, st.pages_written, st.pages_skipped_parent))
+            self.emit(ev.FrozenTime(self.frozen_seconds))
+            copied = st.pages_written * 4096 if plan.use_ps else 0
+            if plan.postcopy:
+                copied += st.pages_lazy * 4096
+                self.details["pages_lazy"] = st.pages_lazy
+                self.info(f"post-copy: {st.pages_lazy} pages were faulted in lazily on the destination")
+            self.bytes_sent += copied
+            if copied:  # pages CRIU wrote to the destination's page server (images sent are counted there)
+                self.emit(ev.Transfer("copied", copied, copied))
+        if self.mode == "sequential":
+            self._sequential_restore(plan.images, plan.restore, plan.probe)
+        if not self.committed:
+            self._commit(plan.probe, plan.postcopy)
+        self.phase("finish", f"restored pid {self.restored_pid} on {plan.dest}")
+
+    def _confirm(self, c: Container, plan: Plan) -> ev.Done:
+        """Confirm: the timeline, the downtime, and the journal's end record."""
+        self.phase("confirm")
+        downtime = (self.t_restored - self.t_freeze) if self.t_restored and self.t_freeze else None
+        if downtime is not None:
+            self.emit(ev.Downtime(downtime))
+        self.details["timeline"] = tl = self.timeline()
+        self.journal.write("timeline", durable=False, ms=tl, shared=self.shared)
+        self.details.update(restored_pid=self.restored_pid, downtime=downtime, frozen=self.frozen_seconds,
+                            bytes=self.bytes_sent, source="released")
+        msg = f"{c.name} now runs on {plan.dest} as pid {self.restored_pid}"
+        self.journal.write("end", result="migrated", message=msg, downtime=downtime, frozen=self.frozen_seconds)
+        return self._done("migrated", msg, "released")
 
     #: CRIU log lines that explain a failure but are not logged as "Error (...)"
     HIDDEN_CAUSES = ("Can't connect to server", "The page server doesn't answer", "Connection refused")
@@ -559,193 +532,25 @@ class Migration:
                 self.channel.call("abort", agent_pb2.AbortRequest(), timeout=30)
         self.journal.write("error", message=message, details=details)
         self.journal.write("end", result="failed", message=message)
-        return ev.Done("failed", message, {**self.details, "source": "untouched", "errors": details})
-
-    def _run(self, c: Container, dump_opts: dict[str, Any], restore_opts: dict[str, Any]) -> ev.Done:
-        from ctconsole.criu.client import CriuClient
-
-        client = CriuClient(timeout=self.req.timeout)
-        local = client.feature_check()
-        self.work = private_dir(state_dir() / "work" / self.id)
-        cpu_dir = private_dir(self.work / "cpu")
-        cpuinfo = b""
-        with contextlib.suppress(CtError, OSError):
-            cpuinfo = client.cpuinfo_dump(cpu_dir).read_bytes()
-
-        # -- Begin: reach the destination, learn what it can do --------------------------
-        dest = parse_destination(self.req.dest)
-        self.channel = ch = AgentChannel(dest, log_dir=self.work)
-        ch.should_abort = self.aborted
-        ch.start()
-        self.journal.write("agent", agent_pid=ch.pid)
-        hello = ch.call("hello", agent_pb2.Hello(protocol=PROTOCOL_VERSION, cpuinfo_img=cpuinfo), timeout=60)
-        self.details["destination"] = {"host": hello.hostname, "criu": hello.criu_version, "kernel": hello.kernel}
-        if not hello.criu_version:
-            raise Refusal(f"CRIU is not usable on {dest}")
-        if not hello.cpuinfo_ok:
-            raise Refusal(f"the destination CPU is not compatible: {hello.cpuinfo_detail}")
-        self.strategy = self._choose_strategy(local, hello)
-        same_kernel = (hello.boot_id == _boot_id() and hello.pidns_inode == os.stat("/proc/self/ns/pid").st_ino)
-        self.mode = "handover" if (not same_kernel or c.has_own("pid")) else "sequential"
-        if hello.boot_id == _boot_id():
-            self._own_cgroup_root(c, restore_opts)
-        if self.strategy == "post-copy" and self.mode != "handover":
-            raise Refusal("post-copy cannot restore while the source keeps its pids (same kernel, shared pid "
-                          "namespace): the source stays frozen until every page has moved",
-                          ["use --strategy stop-copy"])
-        self.details.update(strategy=self.strategy, mode=self.mode)
-        self.journal.write("plan", strategy=self.strategy, mode=self.mode, dest=str(dest))
-        self.info(f"strategy {self.strategy}, {self.mode} mode"
-                  + (" (same kernel, shared pid namespace: restore after the source is released)"
-                     if self.mode == "sequential" else ""))
-
-        # -- Prepare: destination checks, images dir, page server -------------------------
-        self.phase("prepare", str(dest))
-        if self.req.preflight and os.environ.get("CTCONSOLE_FAULT", "").find("skip:preflight") < 0:
-            from ctconsole.migrate.agent import bridges_needed
-
-            paths = [restore_opts["root"]] if restore_opts.get("root") else []
-            pf = ch.call("preflight", agent_pb2.PreflightRequest(
-                bridges=bridges_needed(restore_opts), paths=paths), timeout=60)
-            if not pf.ok:
-                raise Refusal("the destination is not ready", list(pf.problems))
-        postcopy = self.strategy == "post-copy"
-        precopy = self.strategy == "pre-copy"
-        use_ps = self.mode == "handover" and self.req.page_server and not postcopy
-        ps_addr = "" if dest.kind == "netns" else "127.0.0.1"
-        images = private_dir(self.work / "images")
-        token = self._share_token(restore_opts)
-        # pre-copy: one page server per round (and one for the final dump), asked for round by round
-        prep = ch.call("prepare", agent_pb2.PrepareRequest(
-            migration_id=self.id, page_server=use_ps and not precopy, page_server_address=ps_addr,
-            shared_token=token), timeout=60)
-        if prep.shared_fs:
-            # same filesystem: a local dump and hard links beat any transfer (CRIU's page server
-            # over TCP was the slowest path here); the agent started no page server
-            self.shared, use_ps = True, False
-            self.info(f"{dest} shares this filesystem: the images are linked there, not copied")
-        if use_ps and not precopy:
-            port = ch.forward_port(prep.page_server_port)
-            addr = "127.0.0.1" if dest.kind == "ssh" else prep.page_server_address
-            dump_opts["ps"] = {"address": addr, "port": port}
-            self.info(f"page server on the destination: {prep.page_server_address}:{prep.page_server_port}"
-                      + (f" (forwarded from 127.0.0.1:{port})" if dest.kind == "ssh" else ""))
-        src_ns = self.req.source_netns or (
-            lab_source_netns(dest.name) if dest.kind == "netns" and (use_ps or postcopy) else "")
-        if postcopy:
-            self.lazy = self._setup_lazy(dest, src_ns, list(hello.addresses))
-            dump_opts["lazy_pages"] = True
-            dump_opts["ps"] = {"address": self.lazy[0], "port": self.lazy[1]}
-            self.info(f"post-copy: the source serves pages on {self.lazy[0]}:{self.lazy[1]}; the destination's "
-                      f"lazy-pages daemon pulls them from {self.lazy[2]}:{self.lazy[3]}")
-        self.journal.write("options", dump=dump_opts, restore=restore_opts, inherit=self.inherit,
-                           setup_ns=self.setup_ns, images=str(self.work / "images"))
-        self._check_abort()
-        _fault("prepare", self.aborted)
-
-        # -- Perform: freeze, dump, hand over inside post-dump ---------------------------
-        self.phase("perform", f"{self.strategy}: dumping pid {c.init_pid}")
-        probe = shlex.split(self.req.probe) if self.req.probe else []
-
-        def on_notify(note: Any) -> bool:
-            if note.script == "pre-dump":
-                self.t_freeze = time.monotonic()
-                return True
-            if note.script != "post-dump":
-                return True
-            self.t_freeze = self.t_freeze or time.monotonic()
-            self.mark("post-dump")
-            self.tree_pids = descendants(c.init_pid)
-            if postcopy:
-                return self._start_postcopy(images, restore_opts, src_ns)
-            if self.mode == "handover":
-                return self._handover(images, restore_opts, probe)
-            # sequential: release the source only once the journal knows where the images are
-            self.journal.write("source_released", images=str(images), tree=self.tree_pids)
-            self.source_released = True
-            return True
-
-        if src_ns:
-            self.info(f"dumping from network namespace {src_ns} (it reaches the destination's page server)")
-        # mark the freeze start just before the request: "pre-dump" comes before freezing
-        self.t_freeze = time.monotonic()
-        try:
-            with in_netns(src_ns):
-                if precopy:
-                    result = self._precopy(client, dump_opts, images, (use_ps, ps_addr, dest), on_notify)
-                else:
-                    result = client.dump(dump_opts, images, on_notify=on_notify, timeout=self.req.timeout)
-        except CtError as exc:
-            if postcopy:
-                self._join_postcopy()
-                if self.cause:
-                    exc.details = [*self.cause, *exc.details]
-                raise CtError("post-copy failed; CRIU resumed the source: " + exc.message, exc.details) from exc
-            if self.mode == "handover" and self.dest_restored and not _alive(self.source_pid, self.source_start):
-                # post-dump was acknowledged and the source is gone: the destination copy is the container
-                self.info(f"CRIU reported an error after the handover: {exc.message}", "warning")
-                result = None
-            else:
-                raise
-        if postcopy:
-            self._join_postcopy()
-            if not self.dest_restored:
-                raise CtError("post-copy: CRIU finished but the destination never reported the restore",
-                              self.cause)
-        self.mark("dump-returned")
-        if self.mode == "handover":
-            self.journal.write("acked", durable=False)
-            self.source_released = True
-            if not postcopy:
-                self._commit(probe, postcopy)  # the held copy waits: commit before any bookkeeping
-        if result is not None and result.stats is not None:
-            st = result.stats
-            self.frozen_seconds = st.frozen_time_us / 1e6
-            self.journal.write("dump_stats", durable=False, **st.__dict__)
-            self.emit(ev.RoundProgress(self.rounds + 1, st.pages_scanned, st.pages_written, st.pages_skipped_parent,
-                                       final=True))
-            self.emit(ev.FrozenTime(self.frozen_seconds))
-            self.bytes_sent += st.pages_written * 4096 if use_ps else 0
-            if postcopy:
-                self.bytes_sent += st.pages_lazy * 4096
-                self.details["pages_lazy"] = st.pages_lazy
-                self.info(f"post-copy: {st.pages_lazy} pages were faulted in lazily on the destination")
-            self.emit(ev.BytesSent(self.bytes_sent, self.bytes_sent))
-
-        if self.mode == "sequential":
-            self._sequential_restore(images, restore_opts, probe)
-
-        if not self.committed:
-            self._commit(probe, postcopy)
-        self.phase("finish", f"restored pid {self.restored_pid} on {dest}")
-
-        # -- Confirm -----------------------------------------------------------------------
-        self.phase("confirm")
-        downtime = (self.t_restored - self.t_freeze) if self.t_restored and self.t_freeze else None
-        if downtime is not None:
-            self.emit(ev.Downtime(downtime))
-        self.details["timeline"] = tl = self.timeline()
-        self.journal.write("timeline", durable=False, ms=tl, shared=self.shared)
-        self.details.update(restored_pid=self.restored_pid, downtime=downtime, frozen=self.frozen_seconds,
-                            bytes=self.bytes_sent, source="released")
-        msg = f"{c.name} now runs on {dest} as pid {self.restored_pid}"
-        self.journal.write("end", result="migrated", message=msg, downtime=downtime, frozen=self.frozen_seconds)
-        return ev.Done("migrated", msg, self.details)
+        return self._done("failed", message, "untouched", details)
 
     def _commit(self, probe: list[str], postcopy: bool) -> None:
         """Finish: the destination keeps the tree (a held copy gets SIGCONT now)."""
         assert self.channel is not None
         self.committed = True
         try:
-            note = self.channel.call("commit", agent_pb2.CommitRequest(), timeout=150)
-            if not probe and not postcopy:
-                self.t_restored = time.monotonic()  # the held copy runs from here on
-            self.mark("committed")
-            self.journal.write("committed", pid=self.restored_pid, note=note.journal_note)
+            facts = adopt.gather(self.container).to_json() if self.container is not None else ""
+            note = self.channel.call("commit", agent_pb2.CommitRequest(runtime_facts=facts), timeout=150)
         except CtError as exc:
-            if postcopy:
-                raise
-            self.journal.write("committed", pid=self.restored_pid, warning=exc.message)
+            # never "migrated" without the destination's word: a held copy there is still stopped, and
+            # only its agent can continue it (recovery asks again: the journal stays open)
+            self.journal.write("commit_unconfirmed", pid=self.restored_pid, error=exc.message)
+            raise CtError(f"the destination did not confirm the commit: {exc.message}", exc.details) from exc
+        self.commit_confirmed = True
+        if not probe and not postcopy:
+            self.t_restored = time.monotonic()  # the held copy runs from here on
+        self.mark("committed")
+        self.journal.write("committed", pid=self.restored_pid, note=note.journal_note, adoption=note.adoption)
 
     def _share_token(self, restore_opts: dict[str, Any]) -> str:
         """The token that lets a same-filesystem agent link our images (agent._open_shared); "" = never link.
@@ -776,11 +581,17 @@ class Migration:
         """
         if c.runtime not in RUNTIMES_OWNING_CGROUPS or restore_opts.get("cg_root"):
             return
+        owned = _owned_hierarchies(c.init_pid)
+        if not owned:
+            return
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", c.name or c.id)[:40]
         # one level below the root: CRIU creates missing parents empty, and an empty cgroup-v1
         # cpuset parent makes the child's cpuset.cpus/mems impossible to restore
         path = f"/ctconsole-{safe}-{self.id}"
-        restore_opts["cg_root"] = [{"path": path}]
+        # per hierarchy, never a global root: in a hierarchy where the container sits at "/" (net_prio,
+        # named ones nobody manages) CRIU dumps the whole tree below "/", and a new root would copy all
+        # of it, our earlier roots included, so every migration doubled it until mkdir hit ENOSPC
+        restore_opts["cg_root"] = [{"ctrl": ctrl, "path": path} for ctrl in owned]
         self.info(f"restoring under cgroup root {path}: the destination shares this kernel's cgroups, and "
                   f"{c.runtime} removes the source's cgroup (and what is in it) once the source is gone")
 
@@ -800,8 +611,6 @@ class Migration:
                      "use --strategy stop-copy (or auto, which falls back to it)"])
             return "pre-copy"
         if want == "post-copy":
-            from ctconsole.migrate.selftest import lazy_pages_works
-
             if not (local.lazy_pages and hello.lazy_pages):
                 raise Refusal("post-copy needs userfaultfd lazy pages (FEATURE_CHECK lazy_pages=false)")
             ok, reason = lazy_pages_works()
@@ -823,9 +632,87 @@ class Migration:
             self.info(f"auto: stop-copy (no soft-dirty tracking for pre-copy; {post})")
         return "stop-copy"
 
+    # -- the page channel and carried storage (migrate/transport.py, migrate/storage.py) -------
+    def _open_page_link(self, socket_path: str, plan: Plan) -> None:
+        """Connect the page channel: the destination's root-only unix socket, over SSH when remote.
+
+        The dumping CRIU gets the connected socket (``ps.fd``): no page server
+        listens anywhere, on either host (issue #10).
+        """
+        assert self.channel is not None
+        if not socket_path:
+            raise CtError("the destination started no page channel")
+        try:
+            self.page_link = transport.open_page_link(socket_path, transport.mux_for(self.channel), name=self.id)
+        except transport.TransportError as exc:
+            raise Refusal(exc.message, exc.details) from exc
+        if not plan.precopy:
+            plan.dump["ps"] = {"fd": self.page_link.fd}
+        self.info(f"pages stream to the destination's page server over {socket_path}"
+                  + (" (through the SSH connection)" if self.page_link.via == "ssh" else ""))
+
+    def _close_page_link(self) -> None:
+        if self.page_link is not None:
+            self.page_link.close()
+            self.page_link = None
+
+    def _carry_items(self, plan: Plan) -> list[storage.Item]:
+        """The container's root (own mount namespace) and its carry = true mount sources, measured here."""
+        root = plan.restore.get("root") or ""
+        if not root and not self.carry_paths:
+            return []
+        try:
+            return storage.items_for(str(root), self.carry_paths)
+        except storage.StorageError as exc:
+            raise Refusal(exc.message, exc.details) from exc
+
+    def _carry(self, items: list[storage.Item], plan: Plan) -> None:
+        """Before the freeze: the destination makes room, the full copy runs while the container does."""
+        assert self.channel is not None
+        self.carry = cp = storage.ask(self.channel, self.id, items, self.req.storage)
+        if cp.problems:
+            raise Refusal("the container's storage cannot follow it", cp.problems)
+        for line in cp.summary():
+            self.info(line)
+        if not cp.carried:
+            return
+        plan.restore.update(storage.rewrite_restore_opts(plan.restore, cp.items, cp.targets))
+        self.journal.write("carry", targets=[t.__dict__ for t in cp.targets], bytes=cp.carried_bytes)
+        self.phase("prepare", f"copying the container's storage ({cp.carried_bytes >> 20} MiB) while it runs")
+        self._sync_all(final=False)
+
+    def _final_sync(self) -> None:
+        """Frozen: the delta since the full copy (inside post-dump; a failure resumes the source)."""
+        if self.carry is not None and self.carry.carried:
+            _fault("final-sync", self.aborted)
+            self._sync_all(final=True)
+
+    def _sync_all(self, final: bool) -> None:
+        assert self.channel is not None and self.carry is not None
+        mux = transport.mux_for(self.channel)
+        remote = None
+        if mux is not None:
+            remote = ([*mux.argv, "-o", f"ControlPath={mux.control_path}", "-o", "BatchMode=yes",
+                       *mux.target[:-2]], mux.target[-1])
+        total = self.carry.carried_bytes
+        done_before = 0
+        for item, target in self.carry.carried:
+            base = done_before
+
+            def progress(done: int, _total: int, rate: float, base: int = base) -> None:
+                self.emit(ev.Transfer("storage", base + done, total, rate))
+
+            r = storage.sync(item, target, remote, final=final, progress=None if final else progress,
+                             timeout=self.req.timeout, should_abort=self.aborted)
+            done_before += item.bytes
+            self.bytes_sent += r.bytes_sent
+            self.journal.write("carried", durable=False, key=item.key, path=target.path, final=final,
+                               bytes=r.bytes_sent, seconds=round(r.seconds, 3))
+            self.emit(ev.Transfer("storage", done_before, total, r.bytes_sent / max(r.seconds, 1e-6)))
+        self.mark("storage-delta" if final else "storage-full")
+
     # -- perform helpers ---------------------------------------------------------------------
-    def _precopy(self, client: Any, dump_opts: dict[str, Any], images: Path, ps: tuple[bool, str, Any],
-                 on_notify: Callable[[Any], bool]) -> Any:
+    def _precopy(self, client: CriuClient, plan: Plan, on_notify: Callable[[Any], bool]) -> Any:
         """Pre-copy: PRE_DUMP rounds while the source runs, then the final DUMP, on one ``criu swrk``.
 
         Why one connection: CRIU keeps the soft-dirty state of the tree
@@ -842,24 +729,36 @@ class Migration:
         """
         assert self.channel is not None
         ch = self.channel
-        use_ps, ps_addr, dest = ps
+        use_ps, ps_addr, images, dump_opts = plan.use_ps, plan.ps_addr, plan.images, plan.dump
         written: list[int] = []
 
         def page_server(reply: Any) -> dict[str, Any] | None:
+            """Every round's pages go down the one page channel (connected at round 1)."""
             if not use_ps:
                 return None
-            port = ch.forward_port(reply.page_server_port)
-            return {"address": "127.0.0.1" if dest.kind == "ssh" else reply.page_server_address, "port": port}
+            if reply.page_socket:
+                self._open_page_link(reply.page_socket, plan)
+            assert self.page_link is not None
+            return {"fd": self.page_link.fd}
 
-        with client.iterative(timeout=self.req.timeout) as it:
+        k = self.rounds + 1
+        rdir = precopy_round_dir(images, k)
+        rdir.mkdir(mode=0o700, parents=True)
+        first = ch.call("round", agent_pb2.RoundRequest(round=k, page_server=use_ps,
+                                                        page_server_address=ps_addr), timeout=90)
+        ps = page_server(first)  # the swrk of the whole session inherits the page channel
+        with client.iterative(timeout=self.req.timeout, ps_fd=self.page_link.fd if self.page_link else None) as it:
             while True:
                 self._check_abort()
                 k = self.rounds + 1
                 rdir = precopy_round_dir(images, k)
-                rdir.mkdir(mode=0o700, parents=True)
-                reply = ch.call("round", agent_pb2.RoundRequest(round=k, page_server=use_ps,
-                                                                page_server_address=ps_addr), timeout=90)
-                opts = precopy_round_opts(dump_opts, k, page_server(reply))
+                if first is None:
+                    rdir.mkdir(mode=0o700, parents=True)
+                    reply = ch.call("round", agent_pb2.RoundRequest(round=k, page_server=use_ps,
+                                                                    page_server_address=ps_addr), timeout=90)
+                    ps = page_server(reply)
+                first = None
+                opts = precopy_round_opts(dump_opts, k, ps)
                 self.journal.write("round", round=k, options=opts)
                 self.info(f"pre-copy round {k}" + (" (pages to the destination page server)" if use_ps else ""))
                 st = it.pre_dump(opts, rdir).stats
@@ -870,7 +769,7 @@ class Migration:
                     self.emit(ev.RoundProgress(k, st.pages_scanned, st.pages_written, st.pages_skipped_parent))
                 if use_ps:
                     self.bytes_sent += written[-1] * 4096
-                    self.emit(ev.BytesSent(self.bytes_sent, self.bytes_sent))
+                    self.emit(ev.Transfer("copied", written[-1] * 4096, written[-1] * 4096, round=k))
                 else:
                     self._send_images(rdir, skip=("pre-dump.log",), round_no=k)
                 stop, why = precopy_should_stop(self.req.policy, written)
@@ -917,8 +816,7 @@ class Migration:
                     break  # the channel itself is broken; the abort will find that out
             raise
         elapsed = time.monotonic() - t0
-        self.emit(ev.BytesSent(self.bytes_sent + sent, self.bytes_sent + total))
-        self.emit(ev.Rate(sent / max(elapsed, 1e-6)))
+        self.emit(ev.Transfer("streamed", sent, total, sent / max(elapsed, 1e-6), 0.0, round=round_no))
         self.bytes_sent += sent
         self.journal.write("sent", durable=False, files=len(files), bytes=sent, seconds=elapsed, round=round_no)
         self.mark("sent" if not round_no else f"sent-round{round_no}")
@@ -948,6 +846,7 @@ class Migration:
         self.journal.write("sent", durable=False, files=int(r.files), bytes=0, linked=int(r.bytes),
                            seconds=elapsed, round=round_no)
         self.mark("linked" if not round_no else f"linked-round{round_no}")
+        self.emit(ev.Transfer("linked", int(r.bytes), int(r.bytes), round=round_no))  # nothing moved
         return True
 
     def _stream_files(self, files: list[Path], total: int, pending: deque[int], window: int, t0: float,
@@ -971,9 +870,8 @@ class Migration:
                     if now - last_emit > 0.2:
                         last_emit = now
                         rate = sent / max(now - t0, 1e-6)
-                        self.emit(ev.BytesSent(self.bytes_sent + sent, self.bytes_sent + total))
-                        self.emit(ev.Rate(rate))
-                        self.emit(ev.Eta((total - sent) / rate if rate else 0.0))
+                        eta = (total - sent) / rate if rate else None
+                        self.emit(ev.Transfer("streamed", sent, total, rate, eta, round=round_no))
                     if last:
                         break
         return sent
@@ -981,14 +879,11 @@ class Migration:
     def _restore_remote(self, restore_opts: dict[str, Any], probe: list[str],
                         lazy: tuple[str, int] | None = None) -> None:
         assert self.channel is not None
-        from ctconsole.criu.images import ImageError, parse_stats
-
         self.phase("restore", "restoring on the destination")
         reply = self.channel.call("restore", agent_pb2.RestoreRequest(
-            options_json=json.dumps(restore_opts), probe_argv=probe, probe_timeout=30.0,
+            options_json=json.dumps(restore_opts), probe_name=probe[0] if probe else "", probe_timeout=30.0,
             timeout=min(self.req.timeout, 60.0) if lazy else self.req.timeout, page_server_wait=60.0,
-            inherit=[agent_pb2.InheritFd(**i) for i in self.inherit], lazy=lazy is not None,
-            setup_ns=[agent_pb2.SetupNsAction(**a) for a in self.setup_ns],
+            inherit=self.env.inherit_msgs(), lazy=lazy is not None, setup_ns=self.env.setup_ns_msgs(),
             hold=not probe and lazy is None,
             lazy_address=lazy[0] if lazy else "", lazy_port=lazy[1] if lazy else 0),
             timeout=self.req.timeout + 60)
@@ -1018,21 +913,21 @@ class Migration:
             return True
         except (CtError, OSError) as exc:
             self.info(f"handover failed: {exc}; resuming the source", "error")
-            self.journal.write("error", message=str(exc), details=getattr(exc, "details", []))
-            self.cause = [str(exc), *getattr(exc, "details", [])]
+            self.journal.write("error", message=str(exc), details=_details(exc))
+            self.cause = [str(exc), *_details(exc)]
             self._clean_destination()
             return False
 
-    def _setup_lazy(self, dest: Any, src_ns: str, dest_addrs: list[str]) -> tuple[str, int, str, int]:
+    def _setup_lazy(self, dest: Destination, src_ns: str, dest_addrs: list[str]) -> tuple[str, int, str, int]:
         """(listen address, port) of the source's lazy page server and how the destination reaches it."""
-        port = _free_port()
+        port = free_port()
         if dest.kind == "ssh":
             assert self.channel is not None
             rport = self.channel.reverse_forward(port)
             return "127.0.0.1", port, "127.0.0.1", rport
         if dest.kind == "local":
             return "127.0.0.1", port, "127.0.0.1", port
-        local = _local_ipv4(src_ns)
+        local = local_ipv4(src_ns)
         for addr, net in local:
             for d in dest_addrs:
                 with contextlib.suppress(ValueError):
@@ -1056,7 +951,7 @@ class Migration:
             self._send_images(images)
             self._check_abort()
         except (CtError, OSError) as exc:
-            self.cause = [str(exc), *getattr(exc, "details", [])]
+            self.cause = [str(exc), *_details(exc)]
             self._clean_destination()
             return False
         _listen, port, daddr, dport = self.lazy
@@ -1064,10 +959,10 @@ class Migration:
         def helper() -> None:
             try:
                 with in_netns(src_ns):
-                    _wait_listen(port, 30.0)
+                    wait_listen(port, 30.0)
                 self._restore_remote(restore_opts, [], lazy=(daddr, dport))
             except (CtError, OSError) as exc:
-                self.cause = [f"post-copy restore failed: {exc}", *getattr(exc, "details", [])]
+                self.cause = [f"post-copy restore failed: {exc}", *_details(exc)]
 
         self.helper = threading.Thread(target=helper, name="postcopy-restore", daemon=True)
         self.helper.start()
@@ -1080,7 +975,8 @@ class Migration:
 
     def _sequential_restore(self, images: Path, restore_opts: dict[str, Any], probe: list[str]) -> None:
         for pid in self.tree_pids:
-            _wait_gone(pid, 20.0)
+            if not process.wait_free(pid, 20.0):
+                raise CtError(f"pid {pid} of the source tree is still present after 20 s")
         self._transfer_and_restore(images, restore_opts, probe)
 
     def _transfer_and_restore(self, images: Path, restore_opts: dict[str, Any], probe: list[str]) -> None:
@@ -1091,7 +987,15 @@ class Migration:
         """
         self.phase("transfer", "sending images")
         _fault("transfer", self.aborted)
-        self._send_images(images)
+        # the storage delta and the images cross at the same time (both frozen-time; rsync's start-up
+        # over a new SSH session would otherwise add to the downtime)
+        delta = _Background(self._final_sync)
+        try:
+            self._send_images(images)
+        except BaseException:
+            delta.join(quiet=True)  # the first failure is the one to report
+            raise
+        delta.join()
         self._check_abort()
         _fault("restore", self.aborted)
         self._restore_remote(restore_opts, probe)
@@ -1099,6 +1003,7 @@ class Migration:
         _fault("ack", self.aborted)
 
     def _clean_destination(self) -> list[str]:
+        self._close_page_link()
         if self.channel is None:
             return []
         self.channel.should_abort = lambda: False  # an abort must not interrupt its own rollback
@@ -1112,6 +1017,15 @@ class Migration:
         self.journal.write("dest_cleaned", cleaned=cleaned)
         return cleaned
 
+    def _done(self, result: ev.Result, message: str, source: str, errors: list[str] | None = None) -> ev.Done:
+        """The last event: the typed facts the faces show (``source``: what became of the source);
+        ``details`` keeps everything else (and errors/source, for --json readers)."""
+        d = self.details
+        errs = list(errors or [])
+        return ev.Done(result, message, {**d, "errors": errs, "source": source}, source=source, errors=tuple(errs),
+                       downtime=d.get("downtime"), frozen=d.get("frozen") or self.frozen_seconds or None,
+                       restored_pid=int(d.get("restored_pid") or 0), journal=str(self.journal.path))
+
     # -- rollback -------------------------------------------------------------------------------
     def _rollback(self, exc: CtError) -> ev.Done:
         self.emit(ev.PhaseChanged("rollback", exc.message))
@@ -1121,10 +1035,17 @@ class Migration:
         errors = [*self.cause, exc.message, *details]
         if self.cause:  # CRIU only says "post-dump refused"; say why we refused it
             exc = CtError(self.cause[0], exc.details)
+        if self.dest_restored and self.source_released and self.mode == "handover" and not self.commit_confirmed:
+            # the source is gone and the destination never confirmed the commit: its copy may still be
+            # held (stopped). No "end": the journal stays open and recovery asks the destination again.
+            msg = (f"{exc.message}; the source was released and the copy on the destination is not confirmed "
+                   "running: the journal stays open, `ctconsole history` resolves it")
+            self.journal.write("unresolved", reason="commit not confirmed", message=msg)
+            return self._done("failed", msg, "released", errors)
         if self.dest_restored and self.source_released and self.mode == "handover":
-            # the handover went through; a later failure (commit) does not undo it
+            # the handover went through and the destination confirmed; a later failure does not undo it
             self.journal.write("end", result="migrated", message="migrated (with errors after the handover)")
-            return ev.Done("migrated", "migrated, but: " + exc.message, {**self.details, "errors": errors})
+            return self._done("migrated", "migrated, but: " + exc.message, "released", errors)
         if self.mode == "sequential" and self.source_released:
             self._clean_destination()
             try:
@@ -1133,139 +1054,65 @@ class Migration:
                 msg = f"rollback failed: {exc2.message}; images kept for manual restore"
                 self.journal.write("end", result="failed", message=msg)
                 self.work = None  # keep the images
-                return ev.Done("failed", msg, {**self.details, "errors": [*errors, *exc2.details]})
+                return self._done("failed", msg, "lost", [*errors, *exc2.details])
             msg = f"rolled back: {exc.message}; the container was restored here"
             self.journal.write("end", result="rolled-back", message=msg)
-            return ev.Done("rolled-back", msg, {**self.details, "errors": errors, "source": "restored-locally"})
+            return self._done("rolled-back", msg, "restored-locally", errors)
         self._clean_destination()
-        alive = _alive(self.source_pid, self.source_start)
+        alive = process.alive(self.source_pid, self.source_start)
         if alive and clear_criu_netlock(self.source_pid):
             self.info("removed a leftover CRIU network-lock chain in the source's netns", "warning")
         msg = f"rolled back: {exc.message}; the source " + ("is running" if alive else "IS GONE")
-        result = "rolled-back" if alive else "failed"
+        result: ev.Result = "rolled-back" if alive else "failed"
         self.journal.write("end", result=result, message=msg)
-        return ev.Done(result, msg, {**self.details, "errors": errors, "source": "running" if alive else "lost"})
+        return self._done(result, msg, "running" if alive else "lost", errors)
 
     def _restore_locally(self) -> None:
         assert self.work is not None
         recs = self.journal.records()
         opts: dict[str, Any] = next((r for r in reversed(recs) if r.get("kind") == "options"), {})
-        restore_here(self.work / "images", dict(opts.get("restore", {})), self.tree_pids, opts.get("inherit", []),
-                     opts.get("setup_ns", []))
+        restore_here(self.work / "images", dict(opts.get("restore", {})), self.tree_pids,
+                     RestoreEnv.from_journal(opts))
 
 
-def restore_here(images: Path, restore: dict[str, Any], tree: list[int],
-                 inherit: list[dict[str, Any]] | None = None, setup_ns: list[dict[str, Any]] | None = None) -> int:
-    """Restore a released tree back on this host from its kept images (sequential rollback).
-
-    The rules' inherited fds and VF moves are provided here exactly as the
-    agent would on the destination (the same helpers), so a rolled-back
-    container gets its sockets, files and devices back.
-    """
-    from ctconsole.migrate.agent import open_inherited, setup_namespaces
-
-    actions = [agent_pb2.SetupNsAction(**a) for a in setup_ns or []]
-
-    def on_notify(note: Any) -> bool:
-        if note.script == "setup-namespaces" and actions:
-            setup_namespaces(actions, int(note.pid or 0))
-        return True
-
-    for pid in tree:
-        _wait_gone(pid, 20.0)
-    for name in ("restore.log", "stats-restore"):
-        with contextlib.suppress(OSError):
-            (images / name).unlink()
-    from ctconsole.migrate import pipes
-    from ctconsole.migrate.keeper import KeeperError, restore_with_parent
-
-    fds = open_inherited([(i["key"], i["how"], i["path"], str(i.get("mode", "")), int(i.get("perm", -1)))
-                          for i in inherit or [] if i["how"] != pipes.HOW])
-    relays: list[tuple[str, str, int]] = []
+def _owned_hierarchies(pid: int) -> list[str]:
+    """A controller name (CRIU's: ``cpu``, ``name=systemd``, "" for cgroup v2) of every hierarchy in which
+    ``pid`` sits below the root, i.e. where its runtime gave it a cgroup of its own."""
     try:
-        ends, relays = pipes.open_relays([(i["key"], str(i.get("mode", ""))) for i in inherit or []
-                                          if i["how"] == pipes.HOW])
-        fds.update(ends)
-        # through a keeper, like the agent: it stays the root's parent (parent-death signals)
-        res = restore_with_parent(dict(restore), images, fds, relays, images.parent.name, timeout=120,
-                                  on_note=lambda script, pid: on_notify(SimpleNamespace(script=script, pid=pid)))
-    except KeeperError as exc:
-        raise CtError(exc.message, exc.details) from exc
-    finally:
-        pipes.close_all([*fds.values(), *(fd for _, _, fd in relays)])
-    return res.pid
-
-
-def clear_criu_netlock(pid: int) -> bool:
-    """Remove CRIU's iptables network lock left in a resumed tree's own netns.
-
-    Why: CRIU locks a dumped netns with a ``CRIU`` chain (DROP all but its
-    marked packets) and unlocks it when it resumes the tree. If CRIU itself
-    dies while the tree is frozen (ctconsole killed mid-migration), the tree
-    resumes when ptrace lets go but the lock stays: the container runs with no
-    network. With iptables-nft the unlock can also leave an empty chain and
-    its jumps behind (harmless, but noise). Only touches a netns that is not
-    the host's.
-    """
-    if not pid or _ns_inode(pid, "net") in (0, _ns_inode(1, "net"), _ns_inode("self", "net")):
-        return False
-    changed = False
-    for tool in ("iptables", "ip6tables"):
-        base = ["nsenter", "-t", str(pid), "-n", tool, "-w"]
-        try:
-            if subprocess.run([*base, "-S", "CRIU"], capture_output=True, timeout=10).returncode != 0:
-                continue
-            for chain in ("INPUT", "OUTPUT"):
-                for _ in range(10):
-                    if subprocess.run([*base, "-D", chain, "-j", "CRIU"], capture_output=True,
-                                      timeout=10).returncode != 0:
-                        break
-            subprocess.run([*base, "-F", "CRIU"], capture_output=True, timeout=10)
-            subprocess.run([*base, "-X", "CRIU"], capture_output=True, timeout=10)
-            changed = True
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-    return changed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _local_ipv4(netns: str) -> list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]]:
-    """Global IPv4 addresses (with their networks) in ``netns`` ("" = ours)."""
-    argv = ["ip", *(["-n", netns] if netns else []), "-j", "-4", "addr", "show"]
-    try:
-        data = json.loads(subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout or "[]")
-    except (OSError, ValueError, subprocess.TimeoutExpired):
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
         return []
     out = []
-    for link in data:
-        for a in link.get("addr_info", []):
-            if a.get("scope") == "global" and a.get("local"):
-                out.append((a["local"], ipaddress.ip_network(f"{a['local']}/{a.get('prefixlen', 32)}", strict=False)))
+    for line in lines:
+        _hid, ctrls, path = [*line.split(":", 2), "", ""][:3]
+        if path not in ("", "/"):
+            out.append(ctrls.split(",")[0])
     return out
 
 
-def _wait_listen(port: int, timeout: float) -> None:
-    """Wait until something listens on TCP ``port`` in this thread's netns (CRIU's lazy page server).
+def _details(exc: BaseException) -> list[str]:
+    """A CtError's detail lines ([] for an OSError)."""
+    return list(exc.details) if isinstance(exc, CtError) else []
 
-    Reads /proc/thread-self/net/tcp{,6} instead of connecting: the page server
-    accepts exactly one connection, which must be the lazy-pages daemon's.
-    """
-    end = time.monotonic() + timeout
-    want = f":{port:04X}"
-    while time.monotonic() < end:
-        for name in ("tcp", "tcp6"):
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/thread-self/net/{name}").read_text().splitlines()[1:]:
-                    f = line.split()
-                    if len(f) > 3 and f[1].endswith(want) and f[3] == "0A":
-                        return
-        time.sleep(0.01)
-    raise CtError(f"CRIU's lazy page server did not start listening on port {port}")
+
+class _Background:
+    """Run ``fn`` in a thread now; :meth:`join` waits and re-raises what it raised."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), name="storage-delta", daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # handed to the caller's thread by join()
+            self.error = exc
+
+    def join(self, quiet: bool = False) -> None:
+        self.thread.join()
+        if self.error is not None and not quiet:
+            raise self.error
 
 
 def _boot_id() -> str:
@@ -1273,84 +1120,3 @@ def _boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
-
-
-def _alive(pid: int, started: int) -> bool:
-    return bool(pid) and proc_state(pid) not in ("", "Z", "X") and (not started or start_time(pid) == started)
-
-
-def _wait_gone(pid: int, timeout: float) -> None:
-    """PID 1 reaps slowly here: CRIU cannot reuse a pid until the old task is fully gone."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        st = proc_state(pid)
-        if not st:
-            return
-        if st == "Z":
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.01)
-    raise CtError(f"pid {pid} of the source tree is still present after {timeout:.0f} s")
-
-
-# -- recovery after a crash of ctconsole ---------------------------------------------------
-def recover_one(journal: Journal) -> str:
-    """Resolve one migration whose ctconsole died (see journal.recover)."""
-    recs = journal.records()
-    begin = next((r for r in recs if r.get("kind") == "begin"), {})
-    plan = next((r for r in recs if r.get("kind") == "plan"), {})
-    options: dict[str, Any] = next((r for r in reversed(recs) if r.get("kind") == "options"), {})
-    restored = next((r for r in reversed(recs) if r.get("kind") == "restored"), None)
-    released = next((r for r in recs if r.get("kind") == "source_released"), None)
-    src, started = int(begin.get("source_pid", 0)), int(begin.get("source_start", 0))
-    dest = str(begin.get("dest", ""))
-    mid = journal.id
-    # CRIU resumes a frozen source when its RPC peer vanishes; give it a moment
-    end = time.monotonic() + 15
-    while time.monotonic() < end and proc_state(src) in ("t", "T", "D") and _alive(src, started):
-        time.sleep(0.1)
-    source_alive = _alive(src, started)
-    unlocked = source_alive and clear_criu_netlock(src)
-
-    def agent_call(field: str, msg: Any) -> Any:
-        ch = AgentChannel(parse_destination(dest))
-        ch.start()
-        try:
-            ch.call("hello", agent_pb2.Hello(protocol=PROTOCOL_VERSION), timeout=60)
-            return ch.call(field, msg, timeout=60)
-        finally:
-            ch.close()
-
-    work = state_dir() / "work" / mid
-    if source_alive and released is None:
-        with contextlib.suppress(CtError):
-            agent_call("abort", agent_pb2.AbortRequest(migration_id=mid))
-        msg = "recovered: the source kept running; destination cleaned"
-        result = "rolled-back"
-    else:
-        dest_running = False
-        if restored is not None:
-            with contextlib.suppress(CtError):
-                st = agent_call("status", agent_pb2.StatusRequest(migration_id=mid))
-                dest_running = bool(st.running and st.pid == int(restored.get("pid", 0)))
-        if dest_running:
-            with contextlib.suppress(CtError):
-                agent_call("commit", agent_pb2.CommitRequest(migration_id=mid))
-            msg, result = f"recovered: the container runs on {dest} (pid {restored and restored['pid']})", "migrated"
-        elif released is not None and (work / "images").is_dir() and not source_alive:
-            with contextlib.suppress(CtError):
-                agent_call("abort", agent_pb2.AbortRequest(migration_id=mid))
-            pid = restore_here(work / "images", dict(options.get("restore", {})), list(released.get("tree", [])),
-                               options.get("inherit", []), options.get("setup_ns", []))
-            msg, result = f"recovered: restored here from the kept images as pid {pid}", "rolled-back"
-        elif source_alive:
-            with contextlib.suppress(CtError):
-                agent_call("abort", agent_pb2.AbortRequest(migration_id=mid))
-            msg, result = "recovered: the source is running; destination cleaned", "rolled-back"
-        else:
-            msg, result = "recovery could not find the container on either side", "failed"
-    if unlocked:
-        msg += "; removed the network lock CRIU left in the source's netns"
-    journal.write("end", result=result, message=msg, recovered=True, mode=plan.get("mode"))
-    shutil.rmtree(work, ignore_errors=True)
-    return f"{mid}: {msg}"

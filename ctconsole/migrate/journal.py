@@ -7,7 +7,7 @@ appends JSON lines to ``<state_dir>/journal/<id>.jsonl``; every line that
 recovery acts on is flushed and fsynced before the step it announces is
 taken (progress records are written unsynced: see :meth:`Journal.write`). A journal without
 an ``end`` record whose lock is free belongs to a dead ctconsole:
-:func:`recover` resolves it. ``ctconsole history`` reads the same files.
+:func:`ctconsole.migrate.recovery.recover` resolves it. ``ctconsole history`` reads the same files.
 
 Record kinds: begin, phase, options, dump_stats, restore_stats, restored,
 acked, source_released, committed, error, timeline, end.
@@ -22,7 +22,6 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +128,13 @@ def summarize(path: Path) -> Summary:
         result=str(end.get("result")) if end else "unfinished",
         message=str(end.get("message", "")) if end else "",
     )
+    last_unresolved = next((r for r in reversed(recs) if r.get("kind") == "unresolved"), None)
+    if end is None and last_unresolved is not None:
+        # recovery (or the engine) could not finish it: say why, e.g. "unresolved: destination unreachable"
+        s.result = "unresolved"
+        note = str(last_unresolved.get("message", ""))
+        reason = last_unresolved.get("reason", "")
+        s.message = note if note.startswith("unresolved") else f"unresolved: {reason}: {note}"
     for r in recs:
         k = r.get("kind")
         if k == "plan":
@@ -204,7 +210,7 @@ def lock_free(path: Path) -> bool:
         os.close(fd)
 
 
-# -- recovery ------------------------------------------------------------------------
+# -- what recovery looks at (ctconsole.migrate.recovery) ------------------------------------
 def unfinished() -> list[Path]:
     """Journals without an end record whose migration lock is free (their ctconsole died)."""
     out = []
@@ -217,23 +223,3 @@ def unfinished() -> list[Path]:
             continue
         out.append(p)
     return out
-
-
-def recover(say: Callable[[str], None] | None = None) -> list[str]:
-    """Resolve every migration whose ctconsole died; returns one line per journal handled.
-
-    The rule is the same as during a live migration: the workload must end
-    up running exactly once. See :func:`ctconsole.migrate.engine.recover_one`.
-    """
-    from ctconsole.migrate.engine import recover_one
-
-    lines = []
-    for p in unfinished():
-        try:
-            line = recover_one(Journal(p.stem, p))
-        except CtError as exc:
-            line = f"{p.stem}: recovery failed: {exc.message}"
-        lines.append(line)
-        if say:
-            say(line)
-    return lines

@@ -49,27 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctconsole import process
+
 #: biggest control message (restore options JSON); SOCK_SEQPACKET keeps message boundaries
 MAX_MSG = 1 << 20
 #: pipe relay directions, from the container's point of view (InheritFd.mode)
 PIPE_WRITE = "write"  # the container writes (stdout/stderr): the keeper reads and logs
 PIPE_READ = "read"  # the container reads (stdin): the keeper holds the write end open
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def _start_time(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def keepers_dir() -> Path:
@@ -93,11 +79,11 @@ def list_keepers() -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         pid = int(rec.get("keeper", 0))
-        if not (pid and _alive(pid) and _start_time(pid) == int(rec.get("keeper_start", -1))):
+        if not (pid and process.alive(pid) and process.start_time(pid) == int(rec.get("keeper_start", -1))):
             with contextlib.suppress(OSError):
                 rec_path.unlink()
             continue
-        rec["root_running"] = _alive(int(rec.get("root", 0)))
+        rec["root_running"] = process.alive(int(rec.get("root", 0)))
         out.append(rec)
     return out
 
@@ -206,9 +192,9 @@ class KeeperHandle:
         if used or not self.pid:
             return
         end = time.monotonic() + 5
-        while _alive(self.pid) and _start_time(self.pid) == self.start and time.monotonic() < end:
+        while process.alive(self.pid) and process.start_time(self.pid) == self.start and time.monotonic() < end:
             time.sleep(0.01)
-        if _alive(self.pid) and _start_time(self.pid) == self.start:
+        if process.alive(self.pid) and process.start_time(self.pid) == self.start:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
@@ -251,7 +237,7 @@ def restore_with_parent(
             if left <= 0:
                 # a hung restore: stop the keeper (its CRIU sees the socket close); the caller kills
                 # the root CRIU announced, if any
-                if _start_time(keeper_pid) == keeper_start:
+                if process.start_time(keeper_pid) == keeper_start:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(keeper_pid, signal.SIGKILL)
                 raise KeeperError(f"the restore did not finish within {timeout:.0f} s", [], criu=False)
@@ -302,7 +288,7 @@ def _run_parent(ctl_fd: int) -> int:
     from ctconsole.errors import CtError
 
     ctl = socket.socket(fileno=ctl_fd)
-    _send(ctl, {"pid": os.getpid(), "start": _start_time(os.getpid())})
+    _send(ctl, {"pid": os.getpid(), "start": process.start_time(os.getpid())})
     try:
         # no timeout: a keeper started at prepare waits out the whole dump; it exits when the
         # agent closes the socket (EOF) or dies
@@ -358,8 +344,8 @@ def _run_parent(ctl_fd: int) -> int:
         logs.append(str(out_log))
     srv = _listen(console) if console else None
     rec_path = keepers_dir() / f"{os.getpid()}.json"
-    rec = {"keeper": os.getpid(), "keeper_start": _start_time(os.getpid()), "root": root,
-           "root_start": _start_time(root), "migration_id": req.get("id", ""), "console": console,
+    rec = {"keeper": os.getpid(), "keeper_start": process.start_time(os.getpid()), "root": root,
+           "root_start": process.start_time(root), "migration_id": req.get("id", ""), "console": console,
            "logs": logs, "pipes": [k for k, _ in relays], "since": time.time()}
     with contextlib.suppress(OSError):
         rec_path.write_text(json.dumps(rec))
@@ -455,7 +441,7 @@ def _keep(root: int, srv: socket.socket | None, kept: list[int], relays: list[tu
 def serve(pid: int, path: str, fds: list[int]) -> int:
     srv = _listen(path)
     try:
-        while _alive(pid):
+        while process.alive(pid):
             ready, _, _ = select.select([srv], [], [], 1.0)
             if ready:
                 _lend(srv, fds)

@@ -97,18 +97,76 @@ class PreflightReply(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HostProbeRequest(_message.Message):
-    __slots__ = ("criu_check", "cpuinfo_img", "images_space", "paths", "links")
+    __slots__ = ("criu_check", "cpuinfo_img", "images_space", "paths", "links", "policy", "restore_options_json", "inherit", "probe_name", "image_bytes", "setup_ns", "pids", "ports", "cgroups")
     CRIU_CHECK_FIELD_NUMBER: _ClassVar[int]
     CPUINFO_IMG_FIELD_NUMBER: _ClassVar[int]
     IMAGES_SPACE_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    INHERIT_FIELD_NUMBER: _ClassVar[int]
+    PROBE_NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SETUP_NS_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    CGROUPS_FIELD_NUMBER: _ClassVar[int]
     criu_check: bool
     cpuinfo_img: bytes
     images_space: bool
     paths: _containers.RepeatedScalarFieldContainer[str]
     links: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, criu_check: _Optional[bool] = ..., cpuinfo_img: _Optional[bytes] = ..., images_space: _Optional[bool] = ..., paths: _Optional[_Iterable[str]] = ..., links: _Optional[_Iterable[str]] = ...) -> None: ...
+    policy: bool
+    restore_options_json: str
+    inherit: _containers.RepeatedCompositeFieldContainer[InheritFd]
+    probe_name: str
+    image_bytes: int
+    setup_ns: _containers.RepeatedCompositeFieldContainer[SetupNsAction]
+    pids: _containers.RepeatedScalarFieldContainer[int]
+    ports: _containers.RepeatedCompositeFieldContainer[PortQuery]
+    cgroups: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, criu_check: _Optional[bool] = ..., cpuinfo_img: _Optional[bytes] = ..., images_space: _Optional[bool] = ..., paths: _Optional[_Iterable[str]] = ..., links: _Optional[_Iterable[str]] = ..., policy: _Optional[bool] = ..., restore_options_json: _Optional[str] = ..., inherit: _Optional[_Iterable[_Union[InheritFd, _Mapping]]] = ..., probe_name: _Optional[str] = ..., image_bytes: _Optional[int] = ..., setup_ns: _Optional[_Iterable[_Union[SetupNsAction, _Mapping]]] = ..., pids: _Optional[_Iterable[int]] = ..., ports: _Optional[_Iterable[_Union[PortQuery, _Mapping]]] = ..., cgroups: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PortQuery(_message.Message):
+    __slots__ = ("proto", "address", "port")
+    PROTO_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    proto: str
+    address: str
+    port: int
+    def __init__(self, proto: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class PortInfo(_message.Message):
+    __slots__ = ("proto", "address", "port", "holder")
+    PROTO_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    proto: str
+    address: str
+    port: int
+    holder: str
+    def __init__(self, proto: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., holder: _Optional[str] = ...) -> None: ...
+
+class CgroupInfo(_message.Message):
+    __slots__ = ("path", "exists", "procs")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    EXISTS_FIELD_NUMBER: _ClassVar[int]
+    PROCS_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    exists: bool
+    procs: int
+    def __init__(self, path: _Optional[str] = ..., exists: _Optional[bool] = ..., procs: _Optional[int] = ...) -> None: ...
+
+class PolicyRefusal(_message.Message):
+    __slots__ = ("key", "message")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    message: str
+    def __init__(self, key: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class PathInfo(_message.Message):
     __slots__ = ("path", "kind")
@@ -127,7 +185,7 @@ class LinkInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class HostProbeReply(_message.Message):
-    __slots__ = ("criu_check_ok", "criu_check_detail", "cpuinfo_ok", "cpuinfo_detail", "images_dir", "images_free", "paths", "links")
+    __slots__ = ("criu_check_ok", "criu_check_detail", "cpuinfo_ok", "cpuinfo_detail", "images_dir", "images_free", "paths", "links", "refusals", "policy_lines", "policy_error", "busy_pids", "busy_ports", "cgroups")
     CRIU_CHECK_OK_FIELD_NUMBER: _ClassVar[int]
     CRIU_CHECK_DETAIL_FIELD_NUMBER: _ClassVar[int]
     CPUINFO_OK_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +194,12 @@ class HostProbeReply(_message.Message):
     IMAGES_FREE_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
+    REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_LINES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_ERROR_FIELD_NUMBER: _ClassVar[int]
+    BUSY_PIDS_FIELD_NUMBER: _ClassVar[int]
+    BUSY_PORTS_FIELD_NUMBER: _ClassVar[int]
+    CGROUPS_FIELD_NUMBER: _ClassVar[int]
     criu_check_ok: bool
     criu_check_detail: str
     cpuinfo_ok: bool
@@ -144,7 +208,13 @@ class HostProbeReply(_message.Message):
     images_free: int
     paths: _containers.RepeatedCompositeFieldContainer[PathInfo]
     links: _containers.RepeatedCompositeFieldContainer[LinkInfo]
-    def __init__(self, criu_check_ok: _Optional[bool] = ..., criu_check_detail: _Optional[str] = ..., cpuinfo_ok: _Optional[bool] = ..., cpuinfo_detail: _Optional[str] = ..., images_dir: _Optional[str] = ..., images_free: _Optional[int] = ..., paths: _Optional[_Iterable[_Union[PathInfo, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkInfo, _Mapping]]] = ...) -> None: ...
+    refusals: _containers.RepeatedCompositeFieldContainer[PolicyRefusal]
+    policy_lines: _containers.RepeatedScalarFieldContainer[str]
+    policy_error: str
+    busy_pids: _containers.RepeatedScalarFieldContainer[int]
+    busy_ports: _containers.RepeatedCompositeFieldContainer[PortInfo]
+    cgroups: _containers.RepeatedCompositeFieldContainer[CgroupInfo]
+    def __init__(self, criu_check_ok: _Optional[bool] = ..., criu_check_detail: _Optional[str] = ..., cpuinfo_ok: _Optional[bool] = ..., cpuinfo_detail: _Optional[str] = ..., images_dir: _Optional[str] = ..., images_free: _Optional[int] = ..., paths: _Optional[_Iterable[_Union[PathInfo, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkInfo, _Mapping]]] = ..., refusals: _Optional[_Iterable[_Union[PolicyRefusal, _Mapping]]] = ..., policy_lines: _Optional[_Iterable[str]] = ..., policy_error: _Optional[str] = ..., busy_pids: _Optional[_Iterable[int]] = ..., busy_ports: _Optional[_Iterable[_Union[PortInfo, _Mapping]]] = ..., cgroups: _Optional[_Iterable[_Union[CgroupInfo, _Mapping]]] = ...) -> None: ...
 
 class PrepareRequest(_message.Message):
     __slots__ = ("migration_id", "page_server", "page_server_address", "shared_token")
@@ -159,18 +229,20 @@ class PrepareRequest(_message.Message):
     def __init__(self, migration_id: _Optional[str] = ..., page_server: _Optional[bool] = ..., page_server_address: _Optional[str] = ..., shared_token: _Optional[str] = ...) -> None: ...
 
 class PrepareReply(_message.Message):
-    __slots__ = ("images_dir", "page_server_address", "page_server_port", "page_server_pid", "shared_fs")
+    __slots__ = ("images_dir", "page_server_address", "page_server_port", "page_server_pid", "shared_fs", "page_socket")
     IMAGES_DIR_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_PORT_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_PID_FIELD_NUMBER: _ClassVar[int]
     SHARED_FS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SOCKET_FIELD_NUMBER: _ClassVar[int]
     images_dir: str
     page_server_address: str
     page_server_port: int
     page_server_pid: int
     shared_fs: bool
-    def __init__(self, images_dir: _Optional[str] = ..., page_server_address: _Optional[str] = ..., page_server_port: _Optional[int] = ..., page_server_pid: _Optional[int] = ..., shared_fs: _Optional[bool] = ...) -> None: ...
+    page_socket: str
+    def __init__(self, images_dir: _Optional[str] = ..., page_server_address: _Optional[str] = ..., page_server_port: _Optional[int] = ..., page_server_pid: _Optional[int] = ..., shared_fs: _Optional[bool] = ..., page_socket: _Optional[str] = ...) -> None: ...
 
 class LinkRequest(_message.Message):
     __slots__ = ("round", "names")
@@ -237,19 +309,21 @@ class RoundRequest(_message.Message):
     def __init__(self, round: _Optional[int] = ..., parent: _Optional[int] = ..., page_server: _Optional[bool] = ..., page_server_address: _Optional[str] = ...) -> None: ...
 
 class RoundReply(_message.Message):
-    __slots__ = ("images_dir", "page_server_address", "page_server_port", "page_server_pid")
+    __slots__ = ("images_dir", "page_server_address", "page_server_port", "page_server_pid", "page_socket")
     IMAGES_DIR_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_PORT_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_PID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SOCKET_FIELD_NUMBER: _ClassVar[int]
     images_dir: str
     page_server_address: str
     page_server_port: int
     page_server_pid: int
-    def __init__(self, images_dir: _Optional[str] = ..., page_server_address: _Optional[str] = ..., page_server_port: _Optional[int] = ..., page_server_pid: _Optional[int] = ...) -> None: ...
+    page_socket: str
+    def __init__(self, images_dir: _Optional[str] = ..., page_server_address: _Optional[str] = ..., page_server_port: _Optional[int] = ..., page_server_pid: _Optional[int] = ..., page_socket: _Optional[str] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("options_json", "probe_argv", "probe_timeout", "timeout", "page_server_wait", "inherit", "lazy", "lazy_address", "lazy_port", "hold", "setup_ns")
+    __slots__ = ("options_json", "probe_argv", "probe_timeout", "timeout", "page_server_wait", "inherit", "lazy", "lazy_address", "lazy_port", "hold", "setup_ns", "probe_name")
     OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     PROBE_ARGV_FIELD_NUMBER: _ClassVar[int]
     PROBE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +335,7 @@ class RestoreRequest(_message.Message):
     LAZY_PORT_FIELD_NUMBER: _ClassVar[int]
     HOLD_FIELD_NUMBER: _ClassVar[int]
     SETUP_NS_FIELD_NUMBER: _ClassVar[int]
+    PROBE_NAME_FIELD_NUMBER: _ClassVar[int]
     options_json: str
     probe_argv: _containers.RepeatedScalarFieldContainer[str]
     probe_timeout: float
@@ -272,7 +347,8 @@ class RestoreRequest(_message.Message):
     lazy_port: int
     hold: bool
     setup_ns: _containers.RepeatedCompositeFieldContainer[SetupNsAction]
-    def __init__(self, options_json: _Optional[str] = ..., probe_argv: _Optional[_Iterable[str]] = ..., probe_timeout: _Optional[float] = ..., timeout: _Optional[float] = ..., page_server_wait: _Optional[float] = ..., inherit: _Optional[_Iterable[_Union[InheritFd, _Mapping]]] = ..., lazy: _Optional[bool] = ..., lazy_address: _Optional[str] = ..., lazy_port: _Optional[int] = ..., hold: _Optional[bool] = ..., setup_ns: _Optional[_Iterable[_Union[SetupNsAction, _Mapping]]] = ...) -> None: ...
+    probe_name: str
+    def __init__(self, options_json: _Optional[str] = ..., probe_argv: _Optional[_Iterable[str]] = ..., probe_timeout: _Optional[float] = ..., timeout: _Optional[float] = ..., page_server_wait: _Optional[float] = ..., inherit: _Optional[_Iterable[_Union[InheritFd, _Mapping]]] = ..., lazy: _Optional[bool] = ..., lazy_address: _Optional[str] = ..., lazy_port: _Optional[int] = ..., hold: _Optional[bool] = ..., setup_ns: _Optional[_Iterable[_Union[SetupNsAction, _Mapping]]] = ..., probe_name: _Optional[str] = ...) -> None: ...
 
 class SetupNsAction(_message.Message):
     __slots__ = ("action", "interface", "pf", "vfs", "any_vf")
@@ -307,20 +383,24 @@ class RestoreReply(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., stats_restore: _Optional[bytes] = ..., elapsed: _Optional[float] = ..., console_socket: _Optional[str] = ..., probe_output: _Optional[str] = ..., lazy: _Optional[bool] = ..., timeline: _Optional[str] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("migration_id",)
+    __slots__ = ("migration_id", "runtime_facts")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FACTS_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
-    def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
+    runtime_facts: str
+    def __init__(self, migration_id: _Optional[str] = ..., runtime_facts: _Optional[str] = ...) -> None: ...
 
 class CommitReply(_message.Message):
-    __slots__ = ("journal_note", "lazy_ok", "lazy_detail")
+    __slots__ = ("journal_note", "lazy_ok", "lazy_detail", "adoption")
     JOURNAL_NOTE_FIELD_NUMBER: _ClassVar[int]
     LAZY_OK_FIELD_NUMBER: _ClassVar[int]
     LAZY_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ADOPTION_FIELD_NUMBER: _ClassVar[int]
     journal_note: str
     lazy_ok: bool
     lazy_detail: str
-    def __init__(self, journal_note: _Optional[str] = ..., lazy_ok: _Optional[bool] = ..., lazy_detail: _Optional[str] = ...) -> None: ...
+    adoption: str
+    def __init__(self, journal_note: _Optional[str] = ..., lazy_ok: _Optional[bool] = ..., lazy_detail: _Optional[str] = ..., adoption: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("migration_id",)
@@ -358,6 +438,60 @@ class ByeReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class CarryItem(_message.Message):
+    __slots__ = ("key", "path", "bytes", "files", "marker", "boot_id", "dev", "ino")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEV_FIELD_NUMBER: _ClassVar[int]
+    INO_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    path: str
+    bytes: int
+    files: int
+    marker: str
+    boot_id: str
+    dev: int
+    ino: int
+    def __init__(self, key: _Optional[str] = ..., path: _Optional[str] = ..., bytes: _Optional[int] = ..., files: _Optional[int] = ..., marker: _Optional[str] = ..., boot_id: _Optional[str] = ..., dev: _Optional[int] = ..., ino: _Optional[int] = ...) -> None: ...
+
+class CarryRequest(_message.Message):
+    __slots__ = ("migration_id", "mode", "items", "dry_run")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    mode: str
+    items: _containers.RepeatedCompositeFieldContainer[CarryItem]
+    dry_run: bool
+    def __init__(self, migration_id: _Optional[str] = ..., mode: _Optional[str] = ..., items: _Optional[_Iterable[_Union[CarryItem, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class CarryTarget(_message.Message):
+    __slots__ = ("key", "action", "path", "reason")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    action: str
+    path: str
+    reason: str
+    def __init__(self, key: _Optional[str] = ..., action: _Optional[str] = ..., path: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CarryReply(_message.Message):
+    __slots__ = ("targets", "problems", "free_bytes")
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    targets: _containers.RepeatedCompositeFieldContainer[CarryTarget]
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    free_bytes: int
+    def __init__(self, targets: _Optional[_Iterable[_Union[CarryTarget, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ..., free_bytes: _Optional[int] = ...) -> None: ...
+
 class Error(_message.Message):
     __slots__ = ("code", "message", "details")
     CODE_FIELD_NUMBER: _ClassVar[int]
@@ -369,7 +503,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., details: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("id", "hello", "inventory", "check", "preflight", "prepare", "file", "restore", "commit", "status", "abort", "bye", "host_probe", "round", "link")
+    __slots__ = ("id", "hello", "inventory", "check", "preflight", "prepare", "file", "restore", "commit", "status", "abort", "bye", "host_probe", "round", "link", "carry")
     ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
@@ -385,6 +519,7 @@ class Request(_message.Message):
     HOST_PROBE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     LINK_FIELD_NUMBER: _ClassVar[int]
+    CARRY_FIELD_NUMBER: _ClassVar[int]
     id: int
     hello: Hello
     inventory: InventoryRequest
@@ -400,10 +535,11 @@ class Request(_message.Message):
     host_probe: HostProbeRequest
     round: RoundRequest
     link: LinkRequest
-    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[InventoryRequest, _Mapping]] = ..., check: _Optional[_Union[CheckRequest, _Mapping]] = ..., preflight: _Optional[_Union[PreflightRequest, _Mapping]] = ..., prepare: _Optional[_Union[PrepareRequest, _Mapping]] = ..., file: _Optional[_Union[FileChunk, _Mapping]] = ..., restore: _Optional[_Union[RestoreRequest, _Mapping]] = ..., commit: _Optional[_Union[CommitRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., abort: _Optional[_Union[AbortRequest, _Mapping]] = ..., bye: _Optional[_Union[ByeRequest, _Mapping]] = ..., host_probe: _Optional[_Union[HostProbeRequest, _Mapping]] = ..., round: _Optional[_Union[RoundRequest, _Mapping]] = ..., link: _Optional[_Union[LinkRequest, _Mapping]] = ...) -> None: ...
+    carry: CarryRequest
+    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[InventoryRequest, _Mapping]] = ..., check: _Optional[_Union[CheckRequest, _Mapping]] = ..., preflight: _Optional[_Union[PreflightRequest, _Mapping]] = ..., prepare: _Optional[_Union[PrepareRequest, _Mapping]] = ..., file: _Optional[_Union[FileChunk, _Mapping]] = ..., restore: _Optional[_Union[RestoreRequest, _Mapping]] = ..., commit: _Optional[_Union[CommitRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., abort: _Optional[_Union[AbortRequest, _Mapping]] = ..., bye: _Optional[_Union[ByeRequest, _Mapping]] = ..., host_probe: _Optional[_Union[HostProbeRequest, _Mapping]] = ..., round: _Optional[_Union[RoundRequest, _Mapping]] = ..., link: _Optional[_Union[LinkRequest, _Mapping]] = ..., carry: _Optional[_Union[CarryRequest, _Mapping]] = ...) -> None: ...
 
 class Reply(_message.Message):
-    __slots__ = ("id", "hello", "inventory", "check", "preflight", "prepare", "file", "restore", "commit", "status", "abort", "bye", "host_probe", "round", "link", "error")
+    __slots__ = ("id", "hello", "inventory", "check", "preflight", "prepare", "file", "restore", "commit", "status", "abort", "bye", "host_probe", "round", "link", "carry", "error")
     ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
@@ -419,6 +555,7 @@ class Reply(_message.Message):
     HOST_PROBE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     LINK_FIELD_NUMBER: _ClassVar[int]
+    CARRY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     id: int
     hello: HelloReply
@@ -435,5 +572,6 @@ class Reply(_message.Message):
     host_probe: HostProbeReply
     round: RoundReply
     link: LinkReply
+    carry: CarryReply
     error: Error
-    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[HelloReply, _Mapping]] = ..., inventory: _Optional[_Union[InventoryReply, _Mapping]] = ..., check: _Optional[_Union[CheckReply, _Mapping]] = ..., preflight: _Optional[_Union[PreflightReply, _Mapping]] = ..., prepare: _Optional[_Union[PrepareReply, _Mapping]] = ..., file: _Optional[_Union[FileAck, _Mapping]] = ..., restore: _Optional[_Union[RestoreReply, _Mapping]] = ..., commit: _Optional[_Union[CommitReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ..., abort: _Optional[_Union[AbortReply, _Mapping]] = ..., bye: _Optional[_Union[ByeReply, _Mapping]] = ..., host_probe: _Optional[_Union[HostProbeReply, _Mapping]] = ..., round: _Optional[_Union[RoundReply, _Mapping]] = ..., link: _Optional[_Union[LinkReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[HelloReply, _Mapping]] = ..., inventory: _Optional[_Union[InventoryReply, _Mapping]] = ..., check: _Optional[_Union[CheckReply, _Mapping]] = ..., preflight: _Optional[_Union[PreflightReply, _Mapping]] = ..., prepare: _Optional[_Union[PrepareReply, _Mapping]] = ..., file: _Optional[_Union[FileAck, _Mapping]] = ..., restore: _Optional[_Union[RestoreReply, _Mapping]] = ..., commit: _Optional[_Union[CommitReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ..., abort: _Optional[_Union[AbortReply, _Mapping]] = ..., bye: _Optional[_Union[ByeReply, _Mapping]] = ..., host_probe: _Optional[_Union[HostProbeReply, _Mapping]] = ..., round: _Optional[_Union[RoundReply, _Mapping]] = ..., link: _Optional[_Union[LinkReply, _Mapping]] = ..., carry: _Optional[_Union[CarryReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...

@@ -1,9 +1,10 @@
 """Remap rules: what changes on the destination, compiled into CRIU options.
 
-Modules: ``model`` (rule dataclasses), ``parse`` (TOML + line numbers),
-``validate``, ``compile``, ``store`` (comment-preserving edits, atomic save),
-``suggest``, ``vf`` (SR-IOV pools), ``mcs`` (SELinux categories). The format
-is documented in docs/remap.md.
+Modules: ``model`` (rule dataclasses), ``parse`` (tomlkit: values and line
+numbers in one linear pass, size and depth caps), ``validate``, ``safety``
+(what no rules author may ask of the destination), ``compile``, ``store``
+(tomlkit round-trip edits, atomic save), ``suggest``, ``vf`` (SR-IOV pools),
+``mcs`` (SELinux categories). The format is documented in docs/remap.md.
 
 This package namespace is the *editor facade*: what a form-based editor (the
 TUI rules screen) needs, with rule values as the strings an operator types.
@@ -76,6 +77,7 @@ KINDS: tuple[KindSpec, ...] = (
         _f("mountpoint", "Mountpoint in the container", "/srv/data"),
         _f("path", "Host path on the destination", "/export/data"),
         _f("key", "Key (optional)", "srv-data", False),
+        _f("carry", "Copy it to the destination when missing there (true/false)", "false", False),
     ), _SCHEMA["mount"][2]),
     KindSpec("device", "Mounted block device", (
         _f("source", "Source MAJ:MIN or /dev path", "8:16"),
@@ -150,6 +152,8 @@ def rule_from_form(values: dict[str, Any]) -> Rule:
                 v = _vf_pool_from_text(v)
             elif kind == "cgroup" and k == "mode":
                 v = v.lower()
+            elif k == "carry" and v.lower() in ("true", "false"):
+                v = v.lower() == "true"
         fields[k] = v
     return Rule(kind=kind, fields=fields)
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from ctconsole.errors import UsageError
 from ctconsole.model import Container, FdRef
-from ctconsole.remap import mcs, vf
+from ctconsole.remap import mcs, safety, vf
 from ctconsole.remap.model import Rule, RuleSet, Scope, Selector
 from ctconsole.remap.validate import HostEnv, default_mount_key, parse_majmin, validate_ruleset
 
@@ -109,6 +109,24 @@ class AppliedRule:
     scope: str
 
 
+@dataclass(frozen=True)
+class CarrySpec:
+    """A bind-mount source the migration copies to the destination when it is missing there
+    (a mount rule with ``carry = true``; issue #13): ``path`` on the source host, mounted at
+    ``mountpoint`` in the container; restored from the same ``path`` on the destination."""
+
+    path: str
+    mountpoint: str
+    line: int = 0
+
+
+#: Every CRIU option key remap may produce (proto/rpc.proto names). Anything else (``root``,
+#: ``join_ns``, ...) is a bug and never leaves compile_rules: a rules author may not ask for it.
+ALLOWED_OPTIONS = frozenset({"external", "orphan_pts_master", "notify_scripts", "shell_job", "lsm_profile",
+                             "lsm_mount_context", "manage_cgroups_mode", "cg_root", "tcp_established",
+                             "tcp_close"})
+
+
 @dataclass
 class CompiledOptions:
     """What remap contributes to the dump and restore requests of one migration."""
@@ -119,10 +137,16 @@ class CompiledOptions:
     setup_ns_actions: list[SetupNsAction] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     applied: list[AppliedRule] = field(default_factory=list)
+    #: bind-mount sources to copy to the destination when missing there (mount rules with carry = true)
+    carry: list[CarrySpec] = field(default_factory=list)
 
     def inherit_fd_keys(self) -> list[str]:
         """Keys the engine must supply in ``client.restore(inherit_fds=...)``."""
         return [i.key for i in self.inherit if i.via == "inherit_fd"]
+
+    def carry_paths(self) -> list[str]:
+        """The host paths the migration engine syncs to the destination (each once, in rule order)."""
+        return list(dict.fromkeys(c.path for c in self.carry))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,6 +158,7 @@ class CompiledOptions:
             ],
             "notes": list(self.notes),
             "applied_rules": [asdict(a) for a in self.applied],
+            "carry": [asdict(c) for c in self.carry],
         }
 
 
@@ -469,6 +494,9 @@ class _Compiler:
         _append(self.out.dump, "external", f"mnt[{mp}]:{key}")
         _append(self.out.restore, "external", f"mnt[{key}]:{path}")
         self.handled.add(f"mount:{mp}")
+        if r.get("carry") is True:
+            self.out.carry.append(CarrySpec(path=str(path), mountpoint=str(mp), line=r.line))
+            self.note(r, f"{path} is copied to the destination when it is missing there (carry = true)")
 
     def device(self, r: Rule) -> None:
         src, target = str(r.get("source")), r.get("target")
@@ -573,7 +601,14 @@ class _Compiler:
             if any(f.external is False for f in fds):
                 self.note(r, f"{fds[0].path} is visible in the container; the rule still makes CRIU take it "
                           f"from {dest} on restore")
-            perm = next((f.perm for f in fds if f.perm >= 0), -1)
+            original = next((f.perm for f in fds if f.perm >= 0), -1)
+            perm = safety.safe_perm(original)
+            if perm != original:
+                # e.g. /dev/null (0666) as the source: a world-writable root file on the destination would
+                # let any local user there become root (issue #10)
+                self.note(r, f"{dest} is created {perm:04o}, not {original:04o} as the original: ctconsole never "
+                          "creates a file with group/other write or set-id bits; CRIU refuses a mode that differs "
+                          "('has bad mode'), so create it with the bits you want before migrating")
             _append(self.out.dump, "external", key)
             self.out.inherit.append(InheritSpec(
                 key=key, how=OPEN_FILE, path=str(dest), line=r.line, mode=chosen, perm=perm,
@@ -643,4 +678,9 @@ def compile_rules(rs: RuleSet, container: Container, dest: str | None = None, *,
         if rule.kind in ("tcp", "tty", "lsm", "cgroup"):
             comp.handled.add(rule.kind)
     comp.out.notes.extend(_uncovered(container, comp.handled))
+    for where, opts in (("dump", comp.out.dump), ("restore", comp.out.restore)):
+        bad = sorted(set(opts) - ALLOWED_OPTIONS)
+        if bad:  # defence in depth: validate refuses every rule that could lead here
+            raise UsageError(f"internal error: the rules produced {where} option(s) {', '.join(bad)}, which no "
+                             "rules file may set; nothing was sent")
     return comp.out

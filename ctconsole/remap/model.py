@@ -44,8 +44,8 @@ RULE_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     ),
     "mount": (
         ("mountpoint", "path"),
-        ("key",),
-        "external bind mount -> a host path on the destination",
+        ("key", "carry"),
+        "external bind mount -> a host path on the destination (carry = true: copied there when missing)",
     ),
     "device": (
         ("source", "target"),

@@ -1,248 +1,171 @@
-"""Read a rules file: tomllib for the values, a line scanner for the positions.
+"""Read a rules file: tomlkit for values *and* positions, in one linear pass.
 
-Why two passes: tomllib is the only TOML reader we may depend on and it gives
-no positions, yet every problem must name its line. TOML keeps arrays of tables
-in file order, so the n-th ``[[container]]`` header in the text is
-``container[n]`` in the parsed data, and the ``[[container.rule]]`` headers
-that follow it are its rules, in order. The scanner understands just enough
-TOML (strings, multi-line strings, comments, bracket depth) not to be fooled by
-a ``[[`` inside a string or a nested array.
+Why tomlkit: it is the round-trip TOML library the writer (``store``) needs
+anyway, so one parser serves reading and editing and the two can never
+disagree about what the file says. It gives no positions for semantic errors,
+so :class:`_Parser` (a small subclass) notes the source offset at which each
+``key = value`` and each ``[table]``/``[[array]]`` header starts, while it
+parses; offsets become ``line`` (and ``column``) through one table of line
+starts. Nothing is rescanned, so the cost is linear in the file's size
+(``benchmarks/rules.py``: 3.3-3.9 us of CPU per byte from 16 KB to 4 MB,
+10-19x ``tomllib``; the line scanner it replaces was quadratic, 4.2 s at 1 MB,
+and faster than this below ~1 MB). At :data:`MAX_BYTES` that is ~4 s; a real
+rules file of a few KB takes tens of milliseconds.
 
+A rules file is hostile input (its author must not become root on the
+destination, issue #10): it is refused above :data:`MAX_BYTES`, values nested
+deeper than :data:`MAX_DEPTH` are a syntax error (no ``RecursionError``), and
 ``parse_text`` never raises: structural problems (wrong types, unknown
-top-level keys, a TOML syntax error with its line) come back as
+top-level keys, a TOML syntax error with its line and column) come back as
 :class:`~ctconsole.remap.model.Problem` values so the validator can list them
 all at once. ``load`` is the strict form for the compiler and the CLI.
 """
 
 from __future__ import annotations
 
+import bisect
+import gc
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ctconsole.errors import UsageError
 from ctconsole.remap.model import SCHEMA_VERSION, Problem, Rule, RuleSet, Scope, Selector
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+if TYPE_CHECKING:
+    from tomlkit.toml_document import TOMLDocument
+
+#: Largest rules file read (bytes). Real files are a few KB; parsing costs ~3 us per byte.
+MAX_BYTES = 1 << 20
+#: Deepest nesting of arrays / inline tables / dotted key parts accepted.
+MAX_DEPTH = 16
+#: Most [[container]] blocks and rules per block (a file at MAX_BYTES holds fewer anyway).
+MAX_RULES_PER_BLOCK = 1024
 
 
 @dataclass
-class Block:
-    """One ``[table]`` or ``[[array]]`` header and the lines up to the next header.
+class Positions:
+    """Where the parser saw each item: ``id(item) -> offset`` plus the line-start table."""
 
-    ``start`` is the header's line (1-based; 0 for the implicit root block),
-    ``end`` the last line of the block's content (trailing blank lines and
-    comments that precede the next header are left to the next block), and
-    ``keys`` maps each top-level key of the block to ``(first, last)`` lines of
-    its ``key = value`` (``last`` > ``first`` for multi-line arrays/strings).
-    """
+    keys: dict[int, int] = field(default_factory=dict)  # value item -> offset of its key
+    tables: dict[int, int] = field(default_factory=dict)  # table -> offset of its header
+    line_starts: list[int] = field(default_factory=lambda: [0])
+    keep: list[Any] = field(default_factory=list)  # items kept alive so their ids stay unique
 
-    name: str
-    array: bool
-    start: int
-    end: int = 0
-    keys: dict[str, tuple[int, int]] = field(default_factory=dict)
-    indent: str = ""  # leading whitespace of the header line (kept when editing)
+    def line(self, offset: int | None) -> int:
+        """1-based line of a source offset (0 when unknown)."""
+        if offset is None:
+            return 0
+        return bisect.bisect_right(self.line_starts, offset)
 
+    def column(self, offset: int) -> int:
+        return offset - self.line_starts[self.line(offset) - 1] + 1
 
-@dataclass
-class LineMap:
-    """Blocks of a file in order, plus the header lines for the parts we care about."""
+    def key_line(self, item: Any, default: int = 0) -> int:
+        return self.line(self.keys.get(id(item))) or default
 
-    blocks: list[Block]
-    lines: list[str]
-
-    def find(self, name: str, array: bool | None = None) -> list[Block]:
-        return [b for b in self.blocks if b.name == name and (array is None or b.array == array)]
-
-    def container_blocks(self) -> list[Block]:
-        return self.find("container", array=True)
-
-    def rule_blocks(self, container: int | None) -> list[Block]:
-        """The ``[[...rule]]`` blocks of container ``container`` (None = defaults), in order."""
-        if container is None:
-            return self.find("defaults.rule", array=True)
-        out: list[Block] = []
-        current = -1
-        for b in self.blocks:
-            if b.name == "container" and b.array:
-                current += 1
-            elif b.name == "container.rule" and b.array and current == container:
-                out.append(b)
-        return out
-
-    def subtables_of_container(self, container: int) -> list[Block]:
-        """Every block that belongs to container ``container`` (its header, sub-tables, rules)."""
-        out: list[Block] = []
-        current = -1
-        inside = False
-        for b in self.blocks:
-            if b.name == "container" and b.array:
-                current += 1
-                inside = current == container
-            elif not b.name.startswith("container."):
-                inside = False
-            if inside:
-                out.append(b)
-        return out
+    def table_line(self, item: Any, default: int = 0) -> int:
+        return self.line(self.tables.get(id(item))) or default
 
 
-def _normalize_key(raw: str) -> str:
-    """Dotted header name without quotes or spaces: ``[ "container" . rule ]`` -> ``container.rule``."""
-    parts: list[str] = []
-    for part in re.findall(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'|[^.\s]+', raw):
-        if part[:1] in "\"'":
-            part = part[1:-1]
-        parts.append(part)
-    return ".".join(parts)
+def _line_starts(text: str) -> list[int]:
+    """Offsets at which lines start (LF only, as TOML counts them: U+2028 inside a string is not a line)."""
+    return [0, *(m.end() for m in re.finditer("\n", text))]
 
 
-def _scan_line(line: str, state: dict[str, Any]) -> tuple[str, int]:
-    """Strip strings and comments from one line, updating multi-line string and bracket state.
+def _parser_class() -> type:
+    """The position-recording tomlkit parser (built on first use: tomlkit costs ~40 ms to import,
+    which the destination agent, importing remap.compile, should not pay)."""
+    global _PARSER
+    if _PARSER is not None:
+        return _PARSER
+    from tomlkit.items import AoT, Table
+    from tomlkit.parser import Parser
 
-    Returns the "code" left on the line (string contents replaced by ``""``)
-    and the bracket depth at the *start* of the line. ``state`` carries
-    ``ml`` (the open multi-line delimiter or "") and ``depth`` across lines.
-    """
-    depth_at_start = state["depth"]
-    out: list[str] = []
-    i, n = 0, len(line)
-    while i < n:
-        ml = state["ml"]
-        if ml:
-            j = line.find(ml, i)
-            if j < 0:
-                return "".join(out), depth_at_start
-            # a run of more quotes closes on the last three (TOML allows up to 2 extra)
-            k = j + 3
-            while k < n and line[k] == ml[0] and k - j < 5:
-                k += 1
-            state["ml"] = ""
-            out.append('""')
-            i = k
-            continue
-        c = line[i]
-        if c == "#":
-            break
-        if line.startswith('"""', i) or line.startswith("'''", i):
-            state["ml"] = line[i:i + 3]
-            i += 3
-            continue
-        if c == '"':
-            j = i + 1
-            while j < n and line[j] != '"':
-                j += 2 if line[j] == "\\" else 1
-            out.append('""')
-            i = j + 1
-            continue
-        if c == "'":
-            j = line.find("'", i + 1)
-            out.append('""')
-            i = n if j < 0 else j + 1
-            continue
-        if c in "[{":
-            state["depth"] += 1
-        elif c in "]}":
-            state["depth"] = max(0, state["depth"] - 1)
-        out.append(c)
-        i += 1
-    return "".join(out), depth_at_start
+    class _Parser(Parser):
+        MAX_NESTING_DEPTH = MAX_DEPTH
+
+        def __init__(self, text: str, pos: Positions) -> None:
+            super().__init__(text)
+            self.pos = pos
+
+        def _parse_key_value(self, parse_comment: bool = False) -> Any:
+            start = self._idx
+            key, val = super()._parse_key_value(parse_comment)
+            self.pos.keys[id(val)] = start
+            self.pos.keep.append(val)
+            return key, val
+
+        def _parse_table(self, parent_name: Any = None, parent: Any = None) -> Any:
+            start = self._idx
+            _, full = self._peek_table()
+            key, result = super()._parse_table(parent_name, parent)
+            # the table this header made: under a fresh super table for a dotted name
+            rel = [k.key for k in full][len(list(parent_name)) if parent_name else 0:]
+            node: Any = result
+            for part in rel[1:]:
+                node = node.value.item(part) if isinstance(node, Table) and part in node.value else None
+                if isinstance(node, AoT) and node.body:
+                    node = node.body[-1]
+            if isinstance(node, AoT) and node.body:
+                node = node.body[0]
+            if isinstance(node, Table):
+                self.pos.tables[id(node)] = start
+                self.pos.keep.append(node)
+            return key, result
+
+    _PARSER = _Parser
+    return _Parser
 
 
-_HEADER = re.compile(r"^\s*(\[\[?)\s*(.+?)\s*(\]\]?)\s*$")
-_KEY = re.compile(r'^\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[A-Za-z0-9_.-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*)\s*=')
+_PARSER: type | None = None
 
 
-def split_lines(text: str) -> list[str]:
-    """Lines split on LF only (as TOML counts them): ``str.splitlines`` would also split on
-    U+0085, U+2028, form feeds... which may sit inside a TOML string."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+class TomlSyntaxError(Exception):
+    """A TOML syntax error with its 1-based line and column."""
+
+    def __init__(self, message: str, line: int, column: int) -> None:
+        super().__init__(message)
+        self.message, self.line, self.column = message, line, column
 
 
-def scan_lines(text: str) -> LineMap:
-    """Find table headers and top-level keys with their line numbers (1-based)."""
-    lines = split_lines(text)
-    root = Block(name="", array=False, start=0)
-    blocks = [root]
-    state: dict[str, Any] = {"ml": "", "depth": 0}
-    current = root
-    open_key: str | None = None
-    for idx, line in enumerate(lines, start=1):
-        in_ml_before = bool(state["ml"])
-        raw_line = line
-        code, depth = _scan_line(raw_line, state)
-        if in_ml_before or depth > 0:
-            # continuation of a multi-line string or array: extend the open key
-            if open_key is not None and open_key in current.keys:
-                first, _ = current.keys[open_key]
-                current.keys[open_key] = (first, idx)
-            if code.strip() or in_ml_before:
-                current.end = idx
-            continue
-        stripped = code.strip()
-        if not stripped:
-            continue
-        # headers are detected on the raw line minus comments (string contents are irrelevant)
-        m = _HEADER.match(code)
-        if m and code.lstrip().startswith("[") and "=" not in code:
-            array = m.group(1) == "[[" and m.group(3) == "]]"
-            # the header's brackets changed depth; reset (headers never leave it open)
-            state["depth"] = 0
-            hm = _HEADER.match(_strip_comment(raw_line))
-            name = _normalize_key(hm.group(2) if hm else m.group(2))
-            current = Block(name=name, array=array, start=idx, end=idx,
-                            indent=raw_line[: len(raw_line) - len(raw_line.lstrip())])
-            blocks.append(current)
-            open_key = None
-            continue
-        km = _KEY.match(_strip_comment(raw_line))
-        if km:
-            key = _normalize_key(km.group(1))
-            current.keys.setdefault(key, (idx, idx))
-            open_key = key
-        current.end = idx
-    # blocks whose content never got a line end at their header
-    for b in blocks:
-        if b.end < b.start:
-            b.end = b.start
-    return LineMap(blocks=blocks, lines=lines)
+def too_big(text: str) -> str | None:
+    """Why ``text`` is refused for its size, or None."""
+    n = len(text) if len(text) * 4 <= MAX_BYTES else len(text.encode("utf-8", "surrogatepass"))
+    if n > MAX_BYTES:
+        return (f"file is {n} bytes, more than the {MAX_BYTES} a rules file may have "
+                "(split it, or remove generated blocks)")
+    return None
 
 
-def _strip_comment(line: str) -> str:
-    """The line without a trailing ``# comment`` (quotes respected)."""
-    i, n = 0, len(line)
-    quote = ""
-    while i < n:
-        c = line[i]
-        if quote:
-            if c == "\\" and quote == '"':
-                i += 2
-                continue
-            if c == quote:
-                quote = ""
-        elif c in "\"'":
-            quote = c
-        elif c == "#":
-            return line[:i].rstrip()
-        i += 1
-    return line.rstrip()
-
-
-_TOML_POS = re.compile(r"at line (\d+)")
-
-
-def decode_error_line(exc: tomllib.TOMLDecodeError) -> int:
-    """The 1-based line of a TOML syntax error (``lineno`` on 3.14+, else from the message)."""
-    lineno = getattr(exc, "lineno", None)
-    if isinstance(lineno, int):
-        return lineno
-    m = _TOML_POS.search(str(exc))
-    return int(m.group(1)) if m else 0
+def parse_document(text: str) -> tuple[TOMLDocument, Positions]:
+    """tomlkit document + positions. Raises :class:`TomlSyntaxError` (never anything else) when the
+    text is not TOML, too deep, or too big."""
+    why = too_big(text)
+    if why:
+        raise TomlSyntaxError(why, 0, 0)
+    pos = Positions(line_starts=_line_starts(text))
+    parser = _parser_class()(text, pos)
+    gc_was_on = gc.isenabled()
+    gc.disable()  # a parse only allocates (no cycles to free): collections cost ~25% and grow with the tree
+    try:
+        doc = parser.parse()
+    except Exception as exc:  # tomlkit's ParseError and anything unexpected from hostile input
+        line, col = getattr(exc, "line", None), getattr(exc, "col", None)
+        if not isinstance(line, int) or not isinstance(col, int):
+            off = min(int(getattr(parser, "_idx", 0) or 0), len(text))
+            line, col = pos.line(off), pos.column(off)
+        else:
+            col += 1  # tomlkit counts columns from 0
+        msg = re.sub(r"\s*at line \d+ col \d+$", "", str(exc)) or type(exc).__name__
+        if isinstance(exc, RecursionError):
+            msg = f"nested more than {MAX_DEPTH} levels deep"
+        raise TomlSyntaxError(msg, line, col) from None
+    finally:
+        if gc_was_on:
+            gc.enable()
+    return doc, pos
 
 
 def _label(scope: Scope, idx: int, rule: Rule) -> str:
@@ -254,18 +177,40 @@ def rule_label(scope: Scope, idx: int) -> str:
     return _label(scope, idx, scope.rules[idx])
 
 
-def _rule_from(table: Any, block: Block | None, fallback_line: int) -> Rule:
-    if not isinstance(table, dict):
-        return Rule(kind="<not a table>", fields={}, line=block.start if block else fallback_line)
-    kind = table.get("kind", "")
-    fields = {k: v for k, v in table.items() if k != "kind"}
-    key_lines = {k: v[0] for k, v in block.keys.items()} if block else {}
-    return Rule(
-        kind=kind if isinstance(kind, str) else repr(kind),
-        fields=fields,
-        line=block.start if block else fallback_line,
-        key_lines=key_lines,
-    )
+def _entries(container: Any) -> list[tuple[str, Any]]:
+    """Keyed items of a tomlkit container in file order (comments and blank lines skipped)."""
+    body = container.body if hasattr(container, "body") else container.value.body
+    return [(k.key, v) for k, v in body if k is not None]
+
+
+def _plain(item: Any) -> Any:
+    """A tomlkit item as plain Python data (the types tomllib would give)."""
+    return item.unwrap() if hasattr(item, "unwrap") else item
+
+
+def _rule_from(table: Any, pos: Positions, fallback_line: int) -> Rule:
+    from tomlkit.items import Table
+
+    line = pos.table_line(table, fallback_line)
+    if not isinstance(table, Table):
+        return Rule(kind="<not a table>", fields={}, line=line)
+    fields: dict[str, Any] = {}
+    key_lines: dict[str, int] = {}
+    kind: Any = ""
+    for k, v in _entries(table.value):
+        if k == "kind":
+            kind = _plain(v)
+        else:
+            fields[k] = _plain(v)
+        key_lines[k] = pos.key_line(v, line)
+    return Rule(kind=kind if isinstance(kind, str) else repr(kind), fields=fields, line=line, key_lines=key_lines)
+
+
+def _tables_of(item: Any) -> list[Any] | None:
+    """The tables of an array of tables (``[[x]]``), or None when ``item`` is something else."""
+    from tomlkit.items import AoT
+
+    return list(item.body) if isinstance(item, AoT) else None
 
 
 _TOP_KEYS = ("version", "defaults", "container")
@@ -276,121 +221,147 @@ _MATCH_KEYS = ("name", "runtime", "id", "to")
 
 def parse_text(text: str, path: str = "<rules>") -> tuple[RuleSet, list[Problem]]:
     """Parse rules text; return the rule set and every structural problem found (never raises)."""
+    try:
+        doc, pos = parse_document(text)
+    except TomlSyntaxError as exc:
+        where = f" (column {exc.column})" if exc.column else ""
+        msg = exc.message if exc.line == 0 else f"malformed TOML: {exc.message}{where}"
+        return RuleSet(path=path), [Problem(file=path, line=exc.line, rule="", message=msg)]
+    return build_ruleset(doc, pos, path)
+
+
+def build_ruleset(doc: Any, pos: Positions, path: str) -> tuple[RuleSet, list[Problem]]:
+    """The rule set of a parsed document and its structural problems (never raises)."""
+    try:
+        return _build(doc, pos, path)
+    except Exception as exc:  # a hostile shape the builder did not foresee: a problem, never a traceback
+        return RuleSet(path=path), [Problem(path, 0, "", f"cannot read this file's structure "
+                                           f"({type(exc).__name__})")]
+
+
+def _build(doc: Any, pos: Positions, path: str) -> tuple[RuleSet, list[Problem]]:
+    from tomlkit.items import InlineTable, Table
+
     problems: list[Problem] = []
 
     def problem(line: int, message: str, rule: str = "") -> None:
         problems.append(Problem(file=path, line=line, rule=rule, message=message))
 
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)) or "invalid TOML"
-        problem(decode_error_line(exc), f"malformed TOML: {msg}")
-        return RuleSet(path=path), problems
-    lm = scan_lines(text)
-    root = lm.blocks[0]
+    top: dict[str, Any] = {}
+    top_line: dict[str, int] = {}
+    for k, v in _entries(doc):
+        top[k] = v
+        top_line[k] = pos.key_line(v) or pos.table_line(v) or next(
+            (pos.table_line(t) for t in (_tables_of(v) or [])), 1)
 
-    def key_line(block: Block | None, key: str, default: int = 1) -> int:
-        if block is not None and key in block.keys:
-            return block.keys[key][0]
-        return block.start if block is not None and block.start else default
-
-    version = data.get("version")
+    version = _plain(top["version"]) if "version" in top else None
     if version is None:
         problem(1, f"missing 'version = {SCHEMA_VERSION}' at the top of the file")
         version = SCHEMA_VERSION
     elif version != SCHEMA_VERSION or isinstance(version, bool):
-        problem(key_line(root, "version"), f"unsupported version {version!r}: this ctconsole reads "
+        problem(top_line["version"], f"unsupported version {version!r}: this ctconsole reads "
                 f"version {SCHEMA_VERSION}")
-    for key in data:
+    for key in top:
         if key not in _TOP_KEYS:
-            blk = next((b for b in lm.blocks if b.name == key or b.name.startswith(key + ".")), None)
-            problem(key_line(root, key, blk.start if blk else 1),
-                    f"unknown top-level key {key!r} (expected one of: {', '.join(_TOP_KEYS)})")
+            problem(top_line[key], f"unknown top-level key {key!r} (expected one of: {', '.join(_TOP_KEYS)})")
 
     # ---- defaults
-    dblock = next(iter(lm.find("defaults", array=False)), None)
-    drules_blocks = lm.rule_blocks(None)
-    dline = dblock.start if dblock else (drules_blocks[0].start if drules_blocks else 0)
-    raw_defaults = data.get("defaults", {})
+    raw_defaults = top.get("defaults")
     drules: list[Rule] = []
     dcomment = ""
-    if not isinstance(raw_defaults, dict):
-        problem(key_line(root, "defaults"), "'defaults' must be a table ([defaults])")
-        raw_defaults = {}
-    for key, _value in raw_defaults.items():
-        if key not in _DEFAULT_KEYS:
-            problem(key_line(dblock, key, dline), f"unknown key {key!r} in [defaults] "
-                    f"(expected: {', '.join(_DEFAULT_KEYS)})", "defaults")
-    if "tcp" in raw_defaults:
-        ln = key_line(dblock, "tcp", dline)
-        drules.append(Rule(kind="tcp", fields={"mode": raw_defaults["tcp"]}, line=ln, key_lines={"mode": ln},
-                           shorthand="tcp"))
-    if "cgroup_mode" in raw_defaults:
-        ln = key_line(dblock, "cgroup_mode", dline)
-        drules.append(Rule(kind="cgroup", fields={"mode": raw_defaults["cgroup_mode"]}, line=ln,
-                           key_lines={"mode": ln}, shorthand="cgroup_mode"))
-    if isinstance(raw_defaults.get("comment"), str):
-        dcomment = raw_defaults["comment"]
-    raw_drules = raw_defaults.get("rule", [])
-    if not isinstance(raw_drules, list):
-        problem(key_line(dblock, "rule", dline), "'defaults.rule' must be an array of tables "
-                "([[defaults.rule]])", "defaults")
-        raw_drules = []
-    for i, table in enumerate(raw_drules):
-        blk = drules_blocks[i] if i < len(drules_blocks) else None
-        drules.append(_rule_from(table, blk, key_line(dblock, "rule", dline)))
+    dline = 0
+    if raw_defaults is not None and not isinstance(raw_defaults, Table):
+        problem(top_line["defaults"], "'defaults' must be a table ([defaults])")
+        raw_defaults = None
+    if raw_defaults is not None:
+        dline = pos.table_line(raw_defaults)
+        dentries = _entries(raw_defaults.value)
+        if not dline:  # only [[defaults.rule]] headers: the block starts at the first of them
+            first = next((t for k, v in dentries if k == "rule" for t in (_tables_of(v) or [])), None)
+            dline = pos.table_line(first, 1)
+        for key, value in dentries:
+            ln = pos.key_line(value, dline)
+            if key not in _DEFAULT_KEYS:
+                problem(ln, f"unknown key {key!r} in [defaults] (expected: {', '.join(_DEFAULT_KEYS)})", "defaults")
+            elif key == "tcp":
+                drules.append(Rule(kind="tcp", fields={"mode": _plain(value)}, line=ln, key_lines={"mode": ln},
+                                   shorthand="tcp"))
+            elif key == "cgroup_mode":
+                drules.append(Rule(kind="cgroup", fields={"mode": _plain(value)}, line=ln,
+                                   key_lines={"mode": ln}, shorthand="cgroup_mode"))
+            elif key == "comment":
+                c = _plain(value)
+                dcomment = c if isinstance(c, str) else ""
+        for key, value in dentries:
+            if key != "rule":
+                continue
+            tables = _tables_of(value)
+            if tables is None:
+                problem(pos.key_line(value, dline) or pos.table_line(value, dline),
+                        "'defaults.rule' must be an array of tables ([[defaults.rule]])", "defaults")
+                continue
+            for t in tables[:MAX_RULES_PER_BLOCK]:
+                drules.append(_rule_from(t, pos, dline))
+            if len(tables) > MAX_RULES_PER_BLOCK:
+                problem(pos.table_line(tables[MAX_RULES_PER_BLOCK], dline),
+                        f"more than {MAX_RULES_PER_BLOCK} rules in [defaults]", "defaults")
     defaults = Scope(selector=None, rules=tuple(drules), line=dline, index=-1, comment=dcomment)
 
     # ---- containers
-    cblocks = lm.container_blocks()
-    raw_containers = data.get("container", [])
     scopes: list[Scope] = []
-    if not isinstance(raw_containers, list):
-        problem(key_line(root, "container"), "'container' must be an array of tables ([[container]])")
-        raw_containers = []
+    raw_containers: list[Any] = []
+    if "container" in top:
+        tables = _tables_of(top["container"])
+        if tables is None:
+            problem(top_line["container"], "'container' must be an array of tables ([[container]])")
+        else:
+            raw_containers = tables
     for ci, raw in enumerate(raw_containers):
-        cblk = cblocks[ci] if ci < len(cblocks) else None
-        cline = cblk.start if cblk else key_line(root, "container")
+        cline = pos.table_line(raw, top_line.get("container", 1))
         label = f"container[{ci}]"
-        if not isinstance(raw, dict):
+        if not isinstance(raw, Table):
             problem(cline, "each [[container]] entry must be a table", label)
             continue
-        for key in raw:
+        entries = _entries(raw.value)
+        keys = dict(entries)
+        for key, value in entries:
             if key not in _CONTAINER_KEYS:
-                problem(key_line(cblk, key, cline), f"unknown key {key!r} in [[container]] "
-                        f"(expected: {', '.join(_CONTAINER_KEYS)})", label)
-        match = raw.get("match")
+                problem(pos.key_line(value) or pos.table_line(value, cline),
+                        f"unknown key {key!r} in [[container]] (expected: {', '.join(_CONTAINER_KEYS)})", label)
+        match = keys.get("match")
         sel_fields: dict[str, str] = {}
-        match_line = key_line(cblk, "match", cline)
         if match is None:
             problem(cline, "missing 'match = { name = \"...\" }': which containers does this block "
                     "apply to? (use name = \"*\" for all)", label)
-        elif not isinstance(match, dict):
-            problem(match_line, "'match' must be an inline table, e.g. match = { name = \"web-*\" }", label)
         else:
-            for k, v in match.items():
-                if k not in _MATCH_KEYS:
-                    problem(match_line, f"unknown selector {k!r} in match (expected: "
-                            f"{', '.join(_MATCH_KEYS)})", label)
-                elif not isinstance(v, str):
-                    problem(match_line, f"match.{k} must be a string (a glob), not {type(v).__name__}",
-                            label)
-                else:
-                    sel_fields[k] = v
-            if not match:
-                problem(match_line, "empty match: say name = \"*\" to match every container", label)
-        rblocks = lm.rule_blocks(ci)
-        raw_rules = raw.get("rule", [])
+            match_line = pos.key_line(match) or pos.table_line(match, cline)
+            if not isinstance(match, InlineTable | Table):
+                problem(match_line, "'match' must be an inline table, e.g. match = { name = \"web-*\" }", label)
+            else:
+                mentries = _entries(match.value)
+                for k, item in mentries:
+                    v = _plain(item)
+                    if k not in _MATCH_KEYS:
+                        problem(match_line, f"unknown selector {k!r} in match (expected: "
+                                f"{', '.join(_MATCH_KEYS)})", label)
+                    elif not isinstance(v, str):
+                        problem(match_line, f"match.{k} must be a string (a glob), not {type(v).__name__}", label)
+                    else:
+                        sel_fields[k] = v
+                if not mentries:
+                    problem(match_line, "empty match: say name = \"*\" to match every container", label)
         rules: list[Rule] = []
-        if not isinstance(raw_rules, list):
-            problem(key_line(cblk, "rule", cline), "'rule' must be an array of tables "
-                    "([[container.rule]])", label)
-            raw_rules = []
-        for ri, table in enumerate(raw_rules):
-            blk = rblocks[ri] if ri < len(rblocks) else None
-            rules.append(_rule_from(table, blk, key_line(cblk, "rule", cline)))
-        comment = raw.get("comment", "")
+        if "rule" in keys:
+            rtables = _tables_of(keys["rule"])
+            if rtables is None:
+                problem(pos.key_line(keys["rule"], cline), "'rule' must be an array of tables "
+                        "([[container.rule]])", label)
+            else:
+                rules = [_rule_from(t, pos, cline) for t in rtables[:MAX_RULES_PER_BLOCK]]
+                if len(rtables) > MAX_RULES_PER_BLOCK:
+                    problem(pos.table_line(rtables[MAX_RULES_PER_BLOCK], cline),
+                            f"more than {MAX_RULES_PER_BLOCK} rules in one block", label)
+        comment = _plain(keys["comment"]) if "comment" in keys else ""
         scopes.append(Scope(selector=Selector(**sel_fields), rules=tuple(rules), line=cline, index=ci,
                             comment=comment if isinstance(comment, str) else ""))
     return RuleSet(version=int(version) if isinstance(version, int) else SCHEMA_VERSION,
@@ -398,15 +369,22 @@ def parse_text(text: str, path: str = "<rules>") -> tuple[RuleSet, list[Problem]
 
 
 def read_text(path: str | Path) -> str:
-    """Read a rules file as text, turning OS errors into an operator-readable UsageError."""
+    """Read a rules file as text (at most :data:`MAX_BYTES`), OS errors as an operator-readable UsageError."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise UsageError(f"rules file {path} does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"rules file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except IsADirectoryError:
+        raise UsageError(f"rules file {path} is a directory") from None
     except OSError as exc:
         raise UsageError(f"cannot read rules file {path}: {exc.strerror}") from None
+    if len(raw) > MAX_BYTES:
+        raise UsageError(f"rules file {path} is larger than {MAX_BYTES} bytes; not reading it")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"rules file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
 
 
 def load(path: str | Path) -> RuleSet:

@@ -1,14 +1,21 @@
 """Edit and save rules files without losing the operator's comments, and save atomically.
 
-Why a hand-written editor: tomllib reads but cannot write, and a dump of the
-parsed data would drop every comment and the operator's layout. Programs (the
-TUI editor, ``rules suggest``) only ever add, replace or delete whole rule
-tables or container blocks, so we edit *lines*: the parser's line map says
-where each ``[[...rule]]`` block and each ``key = value`` lives, and we splice
-text there. Replacing a rule rewrites only the lines of keys whose value
-changed, keeping their trailing ``# comments``, and the comments between keys.
-Every edit is re-parsed before it is returned, so a bug here can never write a
-file that does not load.
+Why tomlkit: it keeps every comment, blank line, quote style and key order of
+the file it parsed, and writes back exactly what it read. Programs (the TUI
+editor, ``rules suggest``) only ever add, replace or delete whole rule tables
+or container blocks, so each edit here is a few tomlkit calls on the parsed
+document: a changed value keeps its line's indentation and ``# comment``; a
+deleted table takes with it the comment lines directly above its header.
+
+The one thing tomlkit leaves to its caller is *where the text between two
+tables belongs*: the blank lines and comments after a table's last key sit in
+that table's body, but they introduce the *next* header. :func:`_gap_before`
+and :func:`_tail` find that text so an added table goes after the last key
+(not after the next block's comment) and a deleted one leaves the gap as it
+was. Every edit is re-parsed before it is returned, so a bug here can never
+write a file that does not load; a file whose layout tomlkit would not
+reproduce (an array of tables split by another table) is refused, not
+reordered.
 
 Saving writes a temporary file in the same directory, fsyncs it, renames it
 over the original (keeping its mode and owner) and fsyncs the directory:
@@ -18,71 +25,60 @@ after a crash there is either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import tempfile
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ctconsole.errors import CtError, UsageError
 from ctconsole.remap.model import Rule, RuleRef, RuleSet, Selector
-from ctconsole.remap.parse import Block, LineMap, parse_text, read_text, scan_lines, split_lines
+from ctconsole.remap.parse import TomlSyntaxError, build_ruleset, parse_document, parse_text, read_text
 
 RULE_INDENT = "  "
-_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
 
-# ---------------------------------------------------------------- rendering
+# ---------------------------------------------------------------- values
+
+
+def _item(value: Any) -> Any:
+    """A tomlkit item for ``value``; tables and lists always inline (a rule is one table)."""
+    import tomlkit
+
+    if isinstance(value, dict):
+        if not value:
+            return tomlkit.inline_table()
+        # spelled "{ k = v }" like the examples in docs/remap.md (tomlkit would write "{k = v}")
+        inner = ", ".join(f"{render_key(str(k))} = {_item(v).as_string()}" for k, v in value.items())
+        return tomlkit.parse(f"x = {{ {inner} }}\n")["x"]
+    if isinstance(value, list | tuple):
+        a = tomlkit.array()
+        for v in value:
+            a.append(_item(v))
+        return a
+    try:
+        return tomlkit.item(value)
+    except Exception as exc:  # tomlkit's ConvertError
+        raise TypeError(f"cannot write {type(value).__name__} to TOML") from exc
 
 
 def render_key(key: str) -> str:
-    return key if _BARE.match(key) else render_value(key)
+    """A key as TOML writes it (bare when it can be, quoted otherwise)."""
+    import tomlkit
+
+    return str(tomlkit.key(key).as_string())
 
 
 def render_value(value: Any) -> str:
     """A TOML inline value (strings, bools, ints, floats, lists, inline tables)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        out = ['"']
-        for ch in value:
-            if ch == '"':
-                out.append('\\"')
-            elif ch == "\\":
-                out.append("\\\\")
-            elif ch == "\n":
-                out.append("\\n")
-            elif ch == "\t":
-                out.append("\\t")
-            elif ch == "\r":
-                out.append("\\r")
-            elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-                out.append(f"\\u{ord(ch):04x}")
-            else:
-                out.append(ch)
-        out.append('"')
-        return "".join(out)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(render_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        return "{ " + ", ".join(f"{render_key(str(k))} = {render_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+    return str(_item(value).as_string())
+
+
+# ---------------------------------------------------------------- new text (suggest, new files)
 
 
 def _rule_items(rule: Rule) -> list[tuple[str, Any]]:
-    return [("kind", rule.kind), *((k, v) for k, v in rule.fields.items())]
+    return [("kind", rule.kind), *rule.fields.items()]
 
 
 def render_rule(rule: Rule, *, defaults: bool = False, indent: str = RULE_INDENT,
@@ -103,9 +99,12 @@ def render_rule(rule: Rule, *, defaults: bool = False, indent: str = RULE_INDENT
     return out
 
 
+def _selector_fields(sel: Selector) -> dict[str, str]:
+    return {k: getattr(sel, k) for k in ("name", "runtime", "id", "to") if getattr(sel, k)}
+
+
 def render_selector(sel: Selector) -> str:
-    fields = {k: getattr(sel, k) for k in ("name", "runtime", "id", "to") if getattr(sel, k)}
-    return f"match = {render_value(fields)}"
+    return f"match = {render_value(_selector_fields(sel))}"
 
 
 def render_container(sel: Selector, rules: list[Rule] | tuple[Rule, ...] = (),
@@ -136,245 +135,326 @@ def render_ruleset(rs: RuleSet, header_comment: list[str] | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
+# ---------------------------------------------------------------- the text between tables
+
+
+def _lines(text: str) -> list[str]:
+    """Lines with their LF (only LF: a U+2028 in a comment is not a line end)."""
+    return re.findall(r"[^\n]*\n|[^\n]+$", text)
+
+
+def _blank(line: str) -> bool:
+    return not line.strip(" \t\r\n")
+
+
+def _keyless_run(body: list[Any], end: int) -> list[int]:
+    """Indexes of the comment / blank-line items directly before ``body[end]`` (``end = len`` for the tail)."""
+    i = end
+    while i > 0 and body[i - 1][0] is None:
+        i -= 1
+    return list(range(i, end))
+
+
+def _take(body: list[Any], idxs: list[int]) -> str:
+    """Their text, then blank them in place (indexes stay valid: tomlkit maps keys to positions)."""
+    from tomlkit.items import Whitespace
+
+    text = "".join(body[i][1].as_string() for i in idxs)
+    for i in idxs:
+        body[i] = (None, Whitespace(""))
+    return text
+
+
+def _body_of(node: Any) -> list[Any]:
+    """The item list of a table or of the document itself."""
+    from tomlkit.container import Container
+
+    return node.body if isinstance(node, Container) else node.value.body
+
+
+def _last_table(table: Any) -> Any:
+    """The table whose body holds the text after a block (its last rule, or itself)."""
+    from tomlkit.items import AoT, Table
+
+    while True:
+        keyed = [v for k, v in _body_of(table) if k is not None]
+        last = keyed[-1] if keyed else None
+        if isinstance(last, AoT) and last.body:
+            table = last.body[-1]
+        elif isinstance(last, Table) and not last.is_super_table():
+            table = last
+        else:
+            return table
+
+
+def _tail(table: Any) -> str:
+    """Take the text after the last key of a block (the gap that introduces the next header)."""
+    body = _body_of(_last_table(table))
+    return _take(body, _keyless_run(body, len(body)))
+
+
+def _append_text(table: Any, text: str) -> None:
+    from tomlkit.items import Whitespace
+
+    if text:
+        _body_of(_last_table(table)).append((None, Whitespace(text)))
+
+
+def _gap_before(parent: Any, key: str, aot: Any, i: int) -> str:
+    """Take the text between block ``i - 1`` (or what precedes the array) and the header of ``aot[i]``,
+    header indentation excluded (it stays in the header)."""
+    from tomlkit.items import AoT, Table
+
+    if i > 0:
+        return _tail(aot[i - 1])
+    body = _body_of(parent)
+    j = next(n for n, (k, v) in enumerate(body) if k is not None and k.key == key and v is aot)
+    run = _keyless_run(body, j)
+    before = body[run[0] - 1 if run else j - 1][1] if (run[0] if run else j) > 0 else None
+    # a table above the array ([defaults] over the first [[container]]) holds the start of the gap
+    if isinstance(before, AoT) and before.body:
+        before = before.body[-1]
+    prev = _tail(before) if isinstance(before, Table) and not before.is_super_table() else ""
+    return prev + _take(body, run)
+
+
+def _split_attached(gap: str) -> tuple[str, str]:
+    """(detached, attached): the comment lines directly above a header (no blank line between) are attached."""
+    lines = _lines(gap)
+    i = len(lines)
+    while i > 0 and lines[i - 1].lstrip().startswith("#"):
+        i -= 1
+    return "".join(lines[:i]), "".join(lines[i:])
+
+
+def _join_gaps(a: str, b: str) -> str:
+    """Two gaps made one, without a double blank line where they meet."""
+    la, lb = _lines(a), _lines(b)
+    if la and lb and _blank(la[-1]) and _blank(lb[0]):
+        lb = lb[1:]
+    return "".join(la + lb)
+
+
+def _remove_block(parent: Any, key: str, aot: Any, i: int) -> None:
+    """Delete ``aot[i]`` with the comments attached to its header; the gaps around it become one."""
+    table = aot[i]
+    before = _gap_before(parent, key, aot, i) + re.sub(r"[^\n]*$", "", table.trivia.indent)
+    gap = _join_gaps(_split_attached(before)[0], _tail(table))
+    del aot[i]
+    if i < len(aot):
+        aot[i].trivia.indent = gap + aot[i].trivia.indent
+    elif i > 0:
+        _append_text(aot[i - 1], gap)
+    else:
+        del parent[key]
+        _append_text(parent, gap)
+
+
+def _new_table(rule_items: list[tuple[str, Any]], indent: str) -> Any:
+    """A new table whose keys are indented like its header."""
+    import tomlkit
+
+    t = tomlkit.table()
+    for k, v in rule_items:
+        item = _item(v)
+        item.trivia.indent = indent
+        t.append(k, item)
+    t.trivia.indent = indent
+    return t
+
+
+def _add_block(parent: Any, key: str, table: Any, header_comment: list[str] | None) -> None:
+    """Append ``table`` to the array of tables ``parent[key]`` (made when missing), after the last key
+    of the block before it; the text that introduced whatever followed moves below the new block."""
+    import tomlkit
+    from tomlkit.items import AoT
+
+    existing = parent.get(key) if key in parent else None
+    if existing is not None and not isinstance(existing, AoT):
+        raise CtError(f"'{key}' is written inline in this file; edit it by hand")
+    tail = _tail(existing[-1] if existing else parent)
+    ind = re.sub(r"(?s)^.*\n", "", table.trivia.indent)
+    comment = "".join(f"{ind}# {c}\n" if c else f"{ind}#\n" for c in (header_comment or []))
+    table.trivia.indent = "\n" + comment + ind
+    if tail and not _blank(_lines(tail)[0]):
+        tail = "\n" + tail
+    if existing is not None:
+        existing.append(table)
+    else:
+        parent.append(key, tomlkit.aot())
+        parent[key].append(table)
+    _append_text(table, tail if tail else "\n")
+
+
 # ---------------------------------------------------------------- editing
 
 
-def _split(text: str) -> tuple[list[str], str]:
-    """Lines (without endings) and the newline style of the file."""
-    nl = "\r\n" if "\r\n" in text else "\n"
-    return split_lines(text), nl
+def _open(text: str, path: str) -> tuple[Any, RuleSet]:
+    """The tomlkit document of ``text`` and its rules (one parse); refuses a layout tomlkit would rewrite."""
+    try:
+        doc, pos = parse_document(text)
+    except TomlSyntaxError as exc:
+        raise UsageError(f"{path}:{exc.line}: cannot edit a file that does not parse: {exc.message}") from None
+    if doc.as_string() != text:
+        raise CtError(f"{path}: this file's layout cannot be edited without reordering it (an array of "
+                      "tables such as [[container]] is split by another table); move the blocks together "
+                      "and retry")
+    return doc, build_ruleset(doc, pos, path)[0]
 
 
-def _join(lines: list[str], nl: str) -> str:
-    """Lines back to text, ending with exactly one newline (the rest of the layout is untouched)."""
-    while lines and not lines[-1].strip():
-        lines = lines[:-1]
-    return nl.join(lines) + nl if lines else ""
-
-
-def _insert(lines: list[str], at: int, new: list[str]) -> None:
-    """Insert ``new`` after line ``at`` (0 = top), separated from neighbours by one blank line."""
-    block = list(new)
-    if at > 0 and lines[at - 1].strip():
-        block.insert(0, "")
-    if at < len(lines) and lines[at].strip():
-        block.append("")
-    lines[at:at] = block
-
-
-def _delete(lines: list[str], start: int, end: int) -> None:
-    """Delete lines start..end (1-based, inclusive) without leaving a double blank line behind."""
-    del lines[start - 1:end]
-    i = start - 1
-    if 0 < i < len(lines) and not lines[i].strip() and not lines[i - 1].strip():
-        del lines[i]
-    elif i == 0 and lines and not lines[0].strip():
-        del lines[0]
-
-
-def _attached_comment_start(lines: list[str], header_line: int) -> int:
-    """First line (1-based) of the comment lines directly above a header (no blank line between)."""
-    start = header_line
-    while start - 1 >= 1 and lines[start - 2].lstrip().startswith("#"):
-        start -= 1
-    return start
-
-
-def _resolve(rs: RuleSet, lm: LineMap, ref: RuleRef) -> tuple[Rule, Block | None]:
-    """The rule at ``ref`` and its ``[[...rule]]`` block (None for a [defaults] shorthand key)."""
-    if ref.container is None:
-        rules = rs.defaults.rules
-    else:
-        if not 0 <= ref.container < len(rs.containers):
-            raise UsageError(f"no container block #{ref.container}")
-        rules = rs.containers[ref.container].rules
-    if not 0 <= ref.rule < len(rules):
-        raise UsageError(f"no rule #{ref.rule + 1} in that block")
-    rule = rules[ref.rule]
-    if rule.shorthand:
-        return rule, None
-    table_idx = sum(1 for r in rules[: ref.rule] if not r.shorthand)
-    blocks = lm.rule_blocks(ref.container)
-    if table_idx >= len(blocks):
-        raise CtError("this rule is written inline (rule = [...]); edit it by hand")
-    return rule, blocks[table_idx]
+def _finish(doc: Any, text: str, path: str) -> tuple[str, RuleSet]:
+    """The edited document as text (original newline style, one newline at the end) and its rules,
+    re-parsed: an edit that breaks the file is a bug, never written."""
+    out = doc.as_string()
+    out = re.sub(r"(\r?\n[ \t]*)*\r?\n?\Z", "\n", out, count=1) if out.strip() else ""
+    if "\r\n" in text:
+        out = re.sub(r"(?<!\r)\n", "\r\n", out)
+    return out, _check(out, path)
 
 
 def _check(text: str, path: str) -> RuleSet:
     """Re-parse an edited text; an edit that breaks the file is a bug, never written."""
     try:
-        tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CtError(f"internal error: editing {path} produced invalid TOML ({exc}); file not changed") from exc
-    rs, _ = parse_text(text, path)
-    return rs
+        doc, pos = parse_document(text)
+    except TomlSyntaxError as exc:
+        raise CtError(f"internal error: editing {path} produced invalid TOML ({exc.message}, line "
+                      f"{exc.line}); file not changed") from None
+    return build_ruleset(doc, pos, path)[0]
+
+
+def _scope_rules(rs: RuleSet, container: int | None) -> tuple[Rule, ...]:
+    if container is None:
+        return rs.defaults.rules
+    if not 0 <= container < len(rs.containers):
+        raise UsageError(f"no container block #{container}")
+    return rs.containers[container].rules
+
+
+def _block(doc: Any, container: int | None) -> Any:
+    """The tomlkit table of container block ``container`` (None = ``[defaults]``, made when missing)."""
+    import tomlkit
+
+    if container is None:
+        if "defaults" not in doc:
+            doc.append("defaults", tomlkit.table(is_super_table=True))
+        return doc["defaults"]
+    blocks = doc.get("container")
+    if blocks is None or not hasattr(blocks, "body") or not 0 <= container < len(blocks):
+        raise UsageError(f"no container block #{container}")
+    return blocks[container]
+
+
+def _rule_table(doc: Any, rs: RuleSet, ref: RuleRef) -> tuple[Rule, Any, Any, int]:
+    """(rule, its block, the block's rule array, index in it); array None for a [defaults] shorthand key."""
+    from tomlkit.items import AoT
+
+    rules = _scope_rules(rs, ref.container)
+    if not 0 <= ref.rule < len(rules):
+        raise UsageError(f"no rule #{ref.rule + 1} in that block")
+    rule = rules[ref.rule]
+    block = _block(doc, ref.container)
+    if rule.shorthand:
+        return rule, block, None, -1
+    idx = sum(1 for r in rules[: ref.rule] if not r.shorthand)
+    aot = block.get("rule") if "rule" in block else None
+    if not isinstance(aot, AoT) or idx >= len(aot):
+        raise CtError("this rule is written inline (rule = [...]); edit it by hand")
+    return rule, block, aot, idx
 
 
 def add_rule(text: str, container: int | None, rule: Rule, *, header_comment: list[str] | None = None,
              path: str = "<rules>") -> str:
     """Append ``rule`` to container block ``container`` (None = ``[[defaults.rule]]``)."""
-    lines, nl = _split(text)
-    lm = scan_lines(text)
-    rs, _ = parse_text(text, path)
-    if container is None:
-        new = render_rule(rule, defaults=True, header_comment=header_comment)
-        dblocks = lm.find("defaults.rule", array=True) or lm.find("defaults", array=False)
-        if dblocks:
-            at = max(b.end for b in dblocks)
-        else:
-            cblocks = lm.container_blocks()
-            at = (_attached_comment_start(lines, cblocks[0].start) - 1) if cblocks else len(lines)
-            # keep the version line and header comments above
-            at = max(at, max((b.end for b in lm.blocks if b.name == ""), default=0))
-        _insert(lines, at, new)
-    else:
-        if not 0 <= container < len(rs.containers):
-            raise UsageError(f"no container block #{container}")
-        blocks = lm.subtables_of_container(container)
-        if not blocks:
-            raise CtError("this container block is written inline; edit it by hand")
-        indent = next((b.indent for b in lm.rule_blocks(container)), RULE_INDENT)
-        new = render_rule(rule, indent=indent, header_comment=header_comment)
-        at = max(b.end for b in blocks)
-        _insert(lines, at, new)
-    out = _join(lines, nl)
-    _check(out, path)
-    return out
-
-
-def _value_extent(lines: list[str], first: int, last: int) -> tuple[str, str]:
-    """For a key spanning lines first..last: (text before the value's '=', trailing comment or "")."""
-    head = lines[first - 1]
-    eq = head.index("=")
-    tail = lines[last - 1]
-    comment = ""
-    # a trailing comment on the last line of the value, outside strings
-    from ctconsole.remap.parse import _strip_comment
-
-    code = _strip_comment(tail)
-    if len(code) < len(tail.rstrip()):
-        comment = tail[len(code):].rstrip()  # keeps the operator's spacing before '#'
-    return head[: eq + 1], comment
+    doc, rs = _open(text, path)
+    _scope_rules(rs, container)
+    block = _block(doc, container)
+    indent = ""
+    if container is not None:
+        aot = block.get("rule") if "rule" in block else None
+        first = aot[0] if aot is not None and hasattr(aot, "body") and len(aot) else None
+        indent = re.sub(r"(?s)^.*\n", "", first.trivia.indent) if first is not None else RULE_INDENT
+    _add_block(block, "rule", _new_table(_rule_items(rule), indent), header_comment)
+    return _finish(doc, text, path)[0]
 
 
 def replace_rule(text: str, ref: RuleRef, rule: Rule, *, path: str = "<rules>") -> str:
     """Replace the rule at ``ref`` in place, keeping comments and the order of unchanged keys.
 
     Keys whose value is unchanged are left byte-for-byte alone; changed keys
-    get a new value with their trailing comment kept; removed keys are deleted;
-    new keys are appended after the table's last key.
+    get a new value with their indentation and trailing comment kept; removed
+    keys are deleted; new keys are appended after the table's last key.
     """
-    lines, nl = _split(text)
-    lm = scan_lines(text)
-    rs, _ = parse_text(text, path)
-    old, block = _resolve(rs, lm, ref)
-    if block is None:  # [defaults] shorthand: tcp = "keep" / cgroup_mode = "soft"
-        if rule.kind != old.kind or set(rule.fields) - {"mode"} or "mode" not in rule.fields:
+    doc, rs = _open(text, path)
+    old, block, aot, idx = _rule_table(doc, rs, ref)
+    if aot is None:  # [defaults] shorthand: tcp = "keep" / cgroup_mode = "soft"
+        if rule.kind != old.kind or set(rule.fields) != {"mode"}:
             # not expressible as the shorthand: drop it and add a full table
-            out = delete_rule(text, ref, path=path)
-            return add_rule(out, None, rule, path=path)
-        ln = old.line
-        head, comment = _value_extent(lines, ln, ln)
-        lines[ln - 1] = f"{head} {render_value(rule.get('mode'))}" + comment
-        out = _join(lines, nl)
-        _check(out, path)
-        return out
+            return add_rule(delete_rule(text, ref, path=path), None, rule, path=path)
+        block[old.shorthand] = _item(rule.get("mode"))
+        return _finish(doc, text, path)[0]
+    table = aot[idx]
     new_items = dict(_rule_items(rule))
     old_items = {"kind": old.kind, **old.fields}
-    indent = block.indent
-    edits: list[tuple[int, int, list[str]]] = []  # (first, last, replacement) 1-based inclusive
-    for key, (first, last) in block.keys.items():
+    present = [k.key for k, _ in table.value.body if k is not None]
+    for key in present:
         if key not in new_items:
-            edits.append((first, last, []))
+            del table[key]
         elif key not in old_items or old_items[key] != new_items[key]:
-            head, comment = _value_extent(lines, first, last)
-            edits.append((first, last, [f"{head} {render_value(new_items[key])}" +
-                                        comment]))
-    added = [k for k in new_items if k not in block.keys]
-    last_key_line = max((last for _, last in block.keys.values()), default=block.start)
-    key_indent = indent
-    if block.keys:
-        first_line = lines[min(f for f, _ in block.keys.values()) - 1]
-        key_indent = first_line[: len(first_line) - len(first_line.lstrip())]
+            table[key] = _item(new_items[key])
+    added = [k for k in new_items if k not in present]
     if added:
-        edits.append((last_key_line + 1, last_key_line,
-                      [f"{key_indent}{render_key(k)} = {render_value(new_items[k])}" for k in added]))
-    for first, last, repl in sorted(edits, key=lambda e: e[0], reverse=True):
-        lines[first - 1:last] = repl
-    out = _join(lines, nl)
-    new_rs = _check(out, path)
-    try:
-        got, _ = _resolve(new_rs, scan_lines(out), ref)
-    except CtError:
-        got = None
-    if got is None or got.kind != rule.kind or got.fields != rule.fields:
+        keyed = [v for k, v in table.value.body if k is not None]
+        ind = keyed[0].trivia.indent if keyed else re.sub(r"(?s)^.*\n", "", table.trivia.indent)
+        tail = _tail(table)
+        for k in added:
+            table.append(k, _item(new_items[k]))
+            table.value.item(k).trivia.indent = ind
+        _append_text(table, tail)
+    out, new_rs = _finish(doc, text, path)
+    got = _scope_rules(new_rs, ref.container)
+    if ref.rule >= len(got) or (got[ref.rule].kind, got[ref.rule].fields) != (rule.kind, rule.fields):
         raise CtError("internal error: replacing the rule did not produce the expected table; file not changed")
     return out
 
 
 def delete_rule(text: str, ref: RuleRef, *, path: str = "<rules>") -> str:
     """Delete the rule at ``ref`` and the comment lines directly above its header."""
-    lines, nl = _split(text)
-    lm = scan_lines(text)
-    rs, _ = parse_text(text, path)
-    old, block = _resolve(rs, lm, ref)
-    if block is None:
-        start = end = old.line
+    doc, rs = _open(text, path)
+    old, block, aot, idx = _rule_table(doc, rs, ref)
+    if aot is None:
+        del block[old.shorthand]
     else:
-        start, end = _attached_comment_start(lines, block.start), block.end
-    _delete(lines, start, end)
-    out = _join(lines, nl)
-    _check(out, path)
-    return out
+        _remove_block(block, "rule", aot, idx)
+    return _finish(doc, text, path)[0]
 
 
 def add_container(text: str, selector: Selector, rules: list[Rule] | tuple[Rule, ...] = (), *,
                   header_comment: list[str] | None = None, path: str = "<rules>") -> str:
-    """Append a new ``[[container]]`` block (with rules) at the end of the file."""
-    lines, nl = _split(text)
+    """Append a new ``[[container]]`` block (with rules) after the last one."""
     if not text.strip():
-        lines = ["version = 1"]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    _insert(lines, len(lines), render_container(selector, rules, header_comment))
-    out = _join(lines, nl)
-    _check(out, path)
-    return out
+        text = "version = 1\n"
+    doc, _ = _open(text, path)
+    table = _new_table([("match", _selector_fields(selector))], "")
+    _add_block(doc, "container", table, header_comment)
+    for r in rules:
+        _add_block(table, "rule", _new_table(_rule_items(r), RULE_INDENT), None)
+    return _finish(doc, text, path)[0]
 
 
 def set_match(text: str, container: int, selector: Selector, *, path: str = "<rules>") -> str:
-    """Rewrite the ``match = {...}`` line of a container block (comment after it kept)."""
-    lines, nl = _split(text)
-    lm = scan_lines(text)
-    blocks = lm.container_blocks()
-    if not 0 <= container < len(blocks):
-        raise UsageError(f"no container block #{container}")
-    blk = blocks[container]
-    fields = {k: getattr(selector, k) for k in ("name", "runtime", "id", "to") if getattr(selector, k)}
-    if "match" in blk.keys:
-        first, last = blk.keys["match"]
-        head, comment = _value_extent(lines, first, last)
-        lines[first - 1:last] = [f"{head} {render_value(fields)}" + comment]
-    else:
-        lines[blk.start:blk.start] = [f"match = {render_value(fields)}"]
-    out = _join(lines, nl)
-    _check(out, path)
-    return out
+    """Rewrite the ``match = {...}`` of a container block (comment after it kept)."""
+    doc, _ = _open(text, path)
+    block = _block(doc, container)
+    block["match"] = _item(_selector_fields(selector))
+    return _finish(doc, text, path)[0]
 
 
 def delete_container(text: str, container: int, *, path: str = "<rules>") -> str:
     """Delete a whole ``[[container]]`` block with its rules and the comments directly above it."""
-    lines, nl = _split(text)
-    lm = scan_lines(text)
-    blocks = lm.subtables_of_container(container)
-    if not blocks:
-        raise UsageError(f"no container block #{container}")
-    start = _attached_comment_start(lines, blocks[0].start)
-    end = max(b.end for b in blocks)
-    _delete(lines, start, end)
-    out = _join(lines, nl)
-    _check(out, path)
-    return out
+    doc, _ = _open(text, path)
+    _block(doc, container)
+    _remove_block(doc, "container", doc["container"], container)
+    return _finish(doc, text, path)[0]
 
 
 # ---------------------------------------------------------------- saving

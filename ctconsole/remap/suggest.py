@@ -170,7 +170,9 @@ def suggest_rules(container: Container, dest: str | None = None, findings: Itera
         why = _wrap(f"{item_label(item, category)}: {item.external.reason} (remedy: {item.external.remedy})")
         built = _build(kind, item, container)
         if built is None:
-            out.append((Rule(kind=kind, fields={}), [*why, "TODO: fill in this rule by hand"], {}))
+            out.append((Rule(kind=kind, fields={}), [*why, *_wrap(f"{UNDECIDED} every field of this {kind} rule: "
+                                                                   "the inventory gives nothing to derive it "
+                                                                   "from; fill it in by hand")], {}))
             continue
         fields, comments, extra = built
         out.append((Rule(kind=kind, fields=fields), why + [ln for e in extra for ln in _wrap(e)], comments))
@@ -198,7 +200,9 @@ def _build(kind: str, item: Any, c: Container) -> tuple[dict[str, Any], dict[str
         if item.kind == "sriov-vf":
             pf = item.parent or "CHANGE-ME"
             return ({"interface": item.name, "vf_pool": {"pf": pf}},
-                    {"vf_pool": "a free VF of this PF is moved in at restore; add vfs = [...] to limit it"}, [])
+                    {"vf_pool": "a free VF of this PF is moved in at restore; add vfs = [...] to limit it"},
+                    [] if item.parent else [f"{UNDECIDED} which PF on the destination gives {item.name} a VF: "
+                                            "its PF on the source is unknown"])
         return ({"interface": item.name, "device": item.name},
                 {"device": "a device of that name must exist on the destination"}, [])
     if kind == "unix" and isinstance(item, Socket):
@@ -212,27 +216,23 @@ def _build(kind: str, item: Any, c: Container) -> tuple[dict[str, Any], dict[str
             fields["inode"] = item.inode
             fields["connect"] = "/CHANGE-ME"
             comments["connect"] = "the peer has no path: give the socket to connect to on the destination"
+            return fields, comments, [f"{UNDECIDED} which socket on the destination socket {item.inode} "
+                                      "reconnects to: its peer is not bound to a path, so nothing names it"]
         return fields, comments, []
     if kind == "tty" and isinstance(item, Tty):
         return ({"path": item.path} if item.path.startswith("/dev/") else {},
                 {"path": "ctconsole keeps the new PTY's master (the console) after restore"}, [])
     if kind == "mount" and isinstance(item, Mount):
-        # the inventory spells the host path out in its remedy: "... mnt[KEY]:/host/path on restore"
-        m = re.search(r"mnt\[[^\]]*\]:(/\S*) on restore", item.external.remedy if item.external else "")
-        if m:
-            host_path = m.group(1).rstrip("),")
-        elif item.root.startswith("/") and item.root != "/":
-            host_path = item.root
-        else:
-            host_path = item.mountpoint
-        return ({"mountpoint": item.mountpoint, "path": host_path},
-                {"path": "same host path as on the source; it must exist on the destination"}, [])
+        return _mount_fields(item, c)
     if kind == "device" and hasattr(item, "major"):
         target = getattr(item, "source", "") or getattr(item, "path", "")
+        extra: list[str] = []
         if not str(target).startswith("/dev/"):
             target = "/dev/CHANGE-ME"
+            extra = [f"{UNDECIDED} which device node on the destination holds the filesystem of device "
+                     f"{item.major}:{item.minor}: device numbers differ between hosts"]
         return ({"source": f"{item.major}:{item.minor}", "target": target},
-                {"target": "the device node to use on the destination"}, [])
+                {"target": "the device node to use on the destination"}, extra)
     if kind == "file" and isinstance(item, OpenFile):
         fields = {"source": item.path, "destination": item.path}
         comments = {"destination": "opened by ctconsole on the destination and handed to CRIU in place of "
@@ -254,6 +254,80 @@ def _build(kind: str, item: Any, c: Container) -> tuple[dict[str, Any], dict[str
     if kind == "cgroup":
         return ({"mode": "soft"}, {"mode": "ignore, cg_none, props, soft, full or strict"}, [])
     return None
+
+
+#: marks a why-line that names a decision suggest could not make (the CLI repeats these on stderr)
+UNDECIDED = "UNDECIDED:"
+
+
+def _parent_mount(item: Mount, c: Container) -> Mount | None:
+    """The container mount ``item`` is laid over: the one at the longest mountpoint above it (what the
+    path resolved to before ``item`` was mounted), else its mountinfo parent."""
+    under = [m for m in c.mounts if m.mountpoint != item.mountpoint and (m.mountpoint == "/" or
+             item.mountpoint.startswith(m.mountpoint.rstrip("/") + "/"))]
+    if under:
+        return max(under, key=lambda m: len(m.mountpoint))
+    return next((m for m in c.mounts if m.mount_id == item.parent_id and m is not item), None)
+
+
+#: where the host itself has the kernel filesystems a container mount can shadow
+_KERNEL_FS_AT = {"proc": "/proc", "sysfs": "/sys"}
+
+
+def _mount_fields(item: Mount, c: Container) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """The host path for a mount rule, derived from how the mount is made (mountinfo root, source, parent).
+
+    1. The inventory found a host mount of the same filesystem containing the bind's root: that path.
+    2. A mount whose filesystem no host path reaches (FUSE: libvirt_lxc's /proc/meminfo, lxcfs) laid over
+       a file of the container's proc/sysfs: the host's own file at the same place in its proc/sysfs
+       (the un-virtualised figures), since the FUSE server stays behind on the source.
+    3. Any other bind: its root within the filesystem, a guess that holds when that filesystem is the
+       host's root; FUSE and the like: undecided, said so plainly.
+    """
+    fields: dict[str, Any] = {"mountpoint": item.mountpoint}
+    m = re.search(r"mnt\[[^\]]*\]:(/\S*) on restore", item.external.remedy if item.external else "")
+    if m:
+        fields["path"] = m.group(1).rstrip("),")
+        return fields, {"path": "same host path as on the source; it must exist on the destination"}, []
+    served = item.fstype == "fuse" or item.fstype.startswith("fuse.")
+    parent = _parent_mount(item, c)
+    if served and parent is not None and parent.fstype in _KERNEL_FS_AT:
+        rel = item.mountpoint[len(parent.mountpoint.rstrip("/")):]
+        host = _KERNEL_FS_AT[parent.fstype] + (parent.root.rstrip("/") if parent.root != "/" else "") + rel
+        who = item.fuse_server or f"the {item.fstype} server"
+        fields["path"] = host
+        return fields, {"path": f"the host's own {parent.fstype} file: {who} stays on the source"}, [
+            f"{item.mountpoint} is {item.fstype} ({item.source}, {item.root} inside it) laid over the container's "
+            f"{parent.fstype} by {who}; no host path reaches that filesystem and its server does not move. "
+            f"The destination's own {host} gives the same file without that view (host-wide figures); a "
+            "FUSE server of the same kind running on the destination for this container is the alternative."]
+    if served or not item.root.startswith("/") or item.root == "/":
+        fields["path"] = "/CHANGE-ME"
+        what = f"{item.fstype} {item.source}" + (f" served by {item.fuse_server}" if item.fuse_server else "")
+        return fields, {"path": "give the host path on the destination"}, [
+            f"{UNDECIDED} which host path replaces {item.mountpoint} on the destination: it is {what} "
+            f"(root {item.root} inside it) and no mount of that filesystem is visible on this host, so no path "
+            "on the source names it."]
+    fields["path"] = item.root
+    return fields, {"path": "GUESS: the bind's root within its filesystem (right when that filesystem is the "
+                            "host's root); it must exist on the destination"}, []
+
+
+def undecided(text: str) -> list[str]:
+    """The decisions a draft left open (its ``UNDECIDED:`` comments, joined back into sentences)."""
+    out: list[str] = []
+    cur = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        body = stripped.lstrip("#").strip()
+        if body.startswith(UNDECIDED):
+            out.append(body)
+            cur = True
+        elif cur and stripped.startswith("#") and body and not body.startswith(("GUESS", "TODO")):
+            out[-1] += " " + body
+        else:
+            cur = False
+    return out
 
 
 def suggest(container: Container, dest: str | None = None, *, now: _dt.datetime | None = None,

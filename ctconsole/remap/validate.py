@@ -4,6 +4,12 @@ Why list everything: an operator fixing a migration at 3 a.m. wants one pass,
 not one error per run. The validator never raises and never writes: any input
 (even binary junk) yields a list of :class:`Problem` (empty = ok).
 
+A rules file is hostile input: besides mistakes, the validator refuses what
+no rules author may ask of the destination (``safety``: the host's ``/`` as a
+bind source, a file rule writing under ``/etc``, ``apparmor:unconfined``, a
+cgroup root with ``..``...), each with its line and the reason; ``compile``
+validates first, so it never produces such options.
+
 Host checks (destination paths exist, a VF pool has a free VF, an explicit MCS
 pair is not in use, the bridge exists) look at *this* host, so run them on the
 destination or for a local migration; ``host_checks=False`` skips them (e.g.
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctconsole.remap import mcs, vf
+from ctconsole.remap import mcs, safety, vf
 from ctconsole.remap.model import (
     CGROUP_MODES,
     COMMON_FIELDS,
@@ -32,11 +38,12 @@ from ctconsole.remap.model import (
     RuleSet,
     Scope,
 )
-from ctconsole.remap.parse import parse_text, rule_label
+from ctconsole.remap.parse import MAX_BYTES, parse_text, rule_label
 
 KNOWN_RUNTIMES = ("libvirt-lxc", "lxc", "runc", "nspawn", "namespaces", "tree")
 IFNAMSIZ = 16
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SELINUX_RE = re.compile(r"^[^:\s]+:[^:\s]+:[^:\s]+(:\S+)?$")
 _MAJMIN = re.compile(r"^\s*(\d+)\s*[:/]\s*(\d+)\s*$")
 
@@ -63,6 +70,10 @@ def ifname_problem(name: Any) -> str | None:
         return f"interface name {name!r} contains '/' or ':'"
     if any(c.isspace() for c in name):
         return f"interface name {name!r} contains whitespace"
+    if not _IFNAME_RE.match(name):
+        # the kernel takes more, but ']', '@', '$'... would change the meaning of CRIU's veth[IF]:HOST@BR
+        # keys and of the agent's bookkeeping (issue #10)
+        return f"interface name {name!r} may only contain letters, digits, '_', '.', '-'"
     return None
 
 
@@ -201,7 +212,8 @@ class _Checker:
                 self._promised_vfs[pool.pf] = promised + 1
 
     def _check_unix(self, rule: Rule, label: str) -> None:
-        self._abs_path(rule, label, "connect", must_exist=True, kind="socket", required=True)
+        conn = self._abs_path(rule, label, "connect", must_exist=True, kind="socket", required=True)
+        self._refuse(rule, label, "connect", conn, safety.socket_path)
         peer = self._str(rule, label, "peer")
         if peer is not None and not (peer.startswith("/") or peer.startswith("@")):
             self.add(rule.line_of("peer"), label, f"peer {peer!r} must be an absolute path or "
@@ -222,9 +234,20 @@ class _Checker:
         if path is not None and not path.startswith("/dev/"):
             self.add(rule.line_of("path"), label, f"path {path!r} must be a /dev/... tty path")
 
+    def _refuse(self, rule: Rule, label: str, name: str, value: str | None, why: Any) -> None:
+        """A value no rules author may ask for (safety.py): say which and why, at its line."""
+        reason = why(value) if value is not None else None
+        if reason:
+            self.add(rule.line_of(name), label, f"{name} {value!r} refused: {reason}")
+
     def _check_mount(self, rule: Rule, label: str) -> None:
-        self._abs_path(rule, label, "mountpoint", must_exist=False, required=True)
-        self._abs_path(rule, label, "path", must_exist=True, required=True)
+        mp = self._abs_path(rule, label, "mountpoint", must_exist=False, required=True)
+        self._refuse(rule, label, "mountpoint", mp, safety.path_shape)
+        path = self._abs_path(rule, label, "path", must_exist=not rule.get("carry"), required=True)
+        self._refuse(rule, label, "path", path, safety.bind_source)
+        carry = rule.get("carry")
+        if carry is not None and not isinstance(carry, bool):
+            self.add(rule.line_of("carry"), label, f"carry must be true or false, not {type(carry).__name__}")
         key = self._str(rule, label, "key")
         if key is not None and not _KEY_RE.match(key):
             self.add(rule.line_of("key"), label, f"key {key!r} may only contain letters, digits, "
@@ -235,7 +258,8 @@ class _Checker:
         if src is not None and parse_majmin(src) is None and not src.startswith("/"):
             self.add(rule.line_of("source"), label, f"source {src!r}: expected \"MAJOR:MINOR\" or an "
                      "absolute /dev path")
-        self._abs_path(rule, label, "target", must_exist=True, kind="device", required=True)
+        target = self._abs_path(rule, label, "target", must_exist=True, kind="device", required=True)
+        self._refuse(rule, label, "target", target, safety.path_shape)
         name = self._str(rule, label, "name")
         if name is not None and not _KEY_RE.match(name):
             self.add(rule.line_of("name"), label, f"name {name!r} may only contain letters, digits, "
@@ -250,12 +274,18 @@ class _Checker:
             self.add(rule.line, label, "an lsm rule needs selinux, apparmor or mount_context")
         if se is not None and not _SELINUX_RE.match(se):
             self.add(rule.line_of("selinux"), label, f"selinux {se!r}: expected user:role:type[:level]")
+        elif se is not None:
+            self._refuse(rule, label, "selinux", se, safety.selinux_context)
         if aa is not None and (not aa or any(c.isspace() for c in aa)):
             self.add(rule.line_of("apparmor"), label, f"apparmor profile {aa!r} is empty or has whitespace")
+        elif aa is not None:
+            self._refuse(rule, label, "apparmor", aa, safety.apparmor_profile)
         mc = self._str(rule, label, "mount_context")
         if mc is not None and not _SELINUX_RE.match(mc):
             self.add(rule.line_of("mount_context"), label,
                      f"mount_context {mc!r}: expected user:role:type[:level]")
+        elif mc is not None:
+            self._refuse(rule, label, "mount_context", mc, safety.selinux_context)
         m = self._str(rule, label, "mcs")
         if m is None:
             return
@@ -287,6 +317,8 @@ class _Checker:
         root = self._str(rule, label, "root")
         if root is not None and not root.startswith("/"):
             self.add(rule.line_of("root"), label, f"root {root!r} is not an absolute cgroup path")
+        elif root is not None:
+            self._refuse(rule, label, "root", root, safety.cgroup_root)
         roots = rule.get("roots")
         if roots is None:
             return
@@ -304,6 +336,9 @@ class _Checker:
             if not isinstance(path, str) or not path.startswith("/"):
                 self.add(rule.line_of("roots"), label, f"roots entry path {path!r} is not an absolute "
                          "cgroup path")
+            elif safety.cgroup_root(path):
+                self.add(rule.line_of("roots"), label, f"roots entry path {path!r} refused: "
+                         f"{safety.cgroup_root(path)}")
             if not isinstance(ctrl, str):
                 self.add(rule.line_of("roots"), label, "roots entry ctrl must be a string")
             elif ctrl in seen:
@@ -331,6 +366,7 @@ class _Checker:
         if mode is not None and mode not in FILE_MODES:
             self.add(rule.line_of("mode"), label, f"mode {mode!r}: expected one of {', '.join(FILE_MODES)}")
         dest = self._abs_path(rule, label, "destination", must_exist=False, required=True)
+        self._refuse(rule, label, "destination", dest, safety.file_destination)
         if dest is None or not self.host_checks:
             return
         line = rule.line_of("destination")
@@ -421,7 +457,7 @@ def validate_text(text: str, path: str = "<rules>", *, host_checks: bool = True,
     except Exception as exc:  # parse_text is not supposed to raise; be safe anyway
         return [Problem(path, 0, "", f"cannot parse ({type(exc).__name__}: {exc})")]
     if problems and not rs.containers and not rs.defaults.rules and problems[0].message.startswith(
-            "malformed TOML"):
+            ("malformed TOML", "file is ")):
         return problems
     problems = problems + validate_ruleset(rs, host_checks=host_checks, host=host)
     return sorted(problems, key=lambda p: p.line)
@@ -431,13 +467,17 @@ def validate_file(path: str | Path, *, host_checks: bool = True, host: HostEnv |
     """Read (never write) and check a rules file. Unreadable files are one problem, not an exception."""
     p = str(path)
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:  # never more than the cap: a rules file is hostile input
+            raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         return [Problem(p, 0, "", "file does not exist")]
     except IsADirectoryError:
         return [Problem(p, 0, "", "is a directory, not a rules file")]
     except OSError as exc:
         return [Problem(p, 0, "", f"cannot read: {exc.strerror}")]
+    if len(raw) > MAX_BYTES:
+        return [Problem(p, 0, "", f"file is larger than {MAX_BYTES} bytes, the most a rules file may have; "
+                        "not reading it")]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -50,30 +50,47 @@ class VfInfo:
         return bool(self.netdev) and not self.up and not self.master
 
 
+#: Highest VF index accepted (PCIe SR-IOV allows 65535 VFs; real NICs have at most a few thousand).
+MAX_VF_INDEX = 4095
+#: Most entries in one ``vfs`` list: a pool is a handful of indexes and ranges, not a generated list.
+MAX_VF_ITEMS = 256
+
+
 def parse_vf_list(value: Any) -> tuple[int, ...] | None:
-    """``[0, 1, "4-7"]`` -> ``(0, 1, 4, 5, 6, 7)``; ``None``/missing -> any VF. Raises ValueError."""
+    """``[0, 1, "4-7"]`` -> ``(0, 1, 4, 5, 6, 7)``; ``None``/missing -> any VF. Raises ValueError.
+
+    Bounded for hostile files: at most :data:`MAX_VF_ITEMS` entries, indexes up to
+    :data:`MAX_VF_INDEX`, overlapping ranges merged before expanding, so a pool costs at most 4096 integers
+    however many ranges it repeats.
+    """
     if value is None:
         return None
     if not isinstance(value, list):
         raise ValueError("vfs must be a list of VF indexes or ranges like \"4-7\"")
-    out: list[int] = []
+    if len(value) > MAX_VF_ITEMS:
+        raise ValueError(f"vfs has {len(value)} entries; at most {MAX_VF_ITEMS} (use ranges like \"0-63\")")
+    spans: list[tuple[int, int]] = []
     for item in value:
         if isinstance(item, bool):
             raise ValueError(f"bad VF index {item!r}")
         if isinstance(item, int):
-            if item < 0:
-                raise ValueError(f"bad VF index {item}: must be >= 0")
-            out.append(item)
-        elif isinstance(item, str) and re.fullmatch(r"\s*\d+\s*-\s*\d+\s*", item):
+            lo = hi = item
+        elif isinstance(item, str) and re.fullmatch(r"\s*\d{1,6}\s*-\s*\d{1,6}\s*", item):
             lo, hi = (int(x) for x in item.split("-"))
-            if hi < lo or hi - lo > 4096:
-                raise ValueError(f"bad VF range {item!r}")
-            out.extend(range(lo, hi + 1))
-        elif isinstance(item, str) and item.strip().isdigit():
-            out.append(int(item))
+            if hi < lo:
+                raise ValueError(f"bad VF range {item!r}: the end is below the start")
+        elif isinstance(item, str) and re.fullmatch(r"\s*\d{1,6}\s*", item):
+            lo = hi = int(item)
         else:
-            raise ValueError(f"bad VF index {item!r}: use an integer or a range like \"4-7\"")
-    return tuple(sorted(set(out)))
+            raise ValueError(f"bad VF index {str(item)[:40]!r}: use an integer or a range like \"4-7\"")
+        if lo < 0 or hi > MAX_VF_INDEX:
+            raise ValueError(f"bad VF index {str(item)[:40]!r}: VF indexes are 0..{MAX_VF_INDEX}")
+        spans.append((lo, hi))
+    out: list[int] = []
+    for lo, hi in sorted(spans):  # merged before expanding: each index once, however often it repeats
+        start = max(lo, out[-1] + 1) if out else lo
+        out.extend(range(start, hi + 1))
+    return tuple(out)
 
 
 def pool_from_rule(value: Any) -> VfPool:

@@ -19,10 +19,13 @@ from textual.app import App
 from textual.screen import Screen
 from textual.theme import Theme
 from textual.widget import AwaitMount
+from textual.widgets import Input, TextArea
 
 from ctconsole.errors import CtError
+from ctconsole.feasibility.findings import Report
+from ctconsole.model import Container
 from ctconsole.ui import keymap
-from ctconsole.ui.backend import LOCAL_HOST, Backend, Report, make_backend
+from ctconsole.ui.backend import LOCAL_HOST, Backend, make_backend
 from ctconsole.ui.commands import ActionsProvider
 from ctconsole.ui.theming import (
     DEFAULT_THEME,
@@ -61,6 +64,12 @@ class CtConsoleApp(App[int]):
         self.remember = remember
         self.theme_dirs = theme_dirs
         self.reports: dict[str, Report] = {}  # report_key(host, id) -> last report (table badges)
+        # session memory: the rules file in use ("" = none) and the ones used before, newest first
+        self.rules_file = backend.default_rules_file()
+        self.recent_rules: list[str] = [self.rules_file]
+        self.dest_for: dict[str, str] = {}  # container key -> destination chosen (per container, this session)
+        self.used_dests: list[str] = []  # destinations migrated to this session, newest first
+        self.user_keymap: dict[str, str] = {}
         self.theme_errors: list[str] = []
         self.keymap_warnings: list[str] = []
         self.shipped_themes: list[str] = []
@@ -85,6 +94,7 @@ class CtConsoleApp(App[int]):
         self.theme = name
         km, self.keymap_warnings = keymap.keymap_from_config(config)
         if km:
+            self.user_keymap = km
             self.set_keymap(km)
 
     def on_mount(self) -> None:
@@ -129,6 +139,41 @@ class CtConsoleApp(App[int]):
         CRIUs; each badge must show its own host's verdict.
         """
         return container_id if host == LOCAL_HOST else f"{host} {container_id}"
+
+    @staticmethod
+    def container_key(c: Container) -> str:
+        """A container across a migration: runtime and name (its id changes with its pid namespace)."""
+        return f"{c.runtime}/{c.name}"
+
+    def use_rules_file(self, path: str) -> None:
+        """Make ``path`` ("" = no rules) the rules file of checks, previews and migrations."""
+        self.rules_file = path
+        if path:
+            self.recent_rules = [path, *[p for p in self.recent_rules if p != path]][:8]
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """App keys that are printable characters are off while a text field has the focus."""
+        from ctconsole.ui.screens.troubleshoot import TroubleshootScreen
+
+        if action == "troubleshoot" and isinstance(self.screen, TroubleshootScreen):
+            return False  # already there: the screen's own keys are in the footer
+        focused = self.focused
+        return not (isinstance(focused, Input | TextArea) and keymap.typed_only("app", action, self.user_keymap))
+
+    def follow(self, container: Container, dest: str) -> None:
+        """After a migration: the container list on ``dest`` with the container selected.
+
+        Why drop the screens in between: they hold the old container (its old
+        id, its old host); going back through them re-checked a container that
+        no longer exists. The list is the one place that finds it again.
+        """
+        from ctconsole.ui.screens.containers import ContainersScreen
+
+        while len(self.screen_stack) > 1 and not isinstance(self.screen, ContainersScreen):
+            self.pop_screen()
+        screen = self.screen
+        if isinstance(screen, ContainersScreen):
+            self.call_later(screen.show_on, dest, container.name)
 
     # ------------------------------------------------------------- shutdown
     @property

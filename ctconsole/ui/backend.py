@@ -1,16 +1,14 @@
-"""The one door between the console and the core.
+"""The one door between the console and the core, and the console's view state.
 
-Why: the inventory, feasibility, remap and migration modules are written in
-parallel with the console and their APIs may move. Every screen talks to an
-abstract :class:`Backend`; :class:`RealBackend` adapts whatever the core
-exposes (imported lazily, degrading with an operator-readable
-:class:`~ctconsole.errors.CtError` when a module is missing) and
-:class:`ctconsole.ui.fake.FakeBackend` gives deterministic data for tests,
-snapshots, benchmarks and development.
-
-The types here are plain data the UI renders. The engine's own event objects
-are *adapted* into them (:func:`adapt_event`) by duck typing, so the console
-only expects the shape described by the ``*Like`` protocols, not a class.
+Why a door: every screen talks to an abstract :class:`Backend`, so the
+snapshot tests, the benchmark and the demo run against
+:class:`ctconsole.ui.fake.FakeBackend`, which fakes the *host* (containers,
+CRIU, the clock) and nothing else. Both backends speak the core's own types:
+feasibility :class:`~ctconsole.feasibility.findings.Report` and ``Finding``,
+remap :class:`~ctconsole.remap.model.Rule` and its ``KINDS``/validation/
+compile, and the events of :mod:`ctconsole.migrate.events`. The console keeps
+no copies of them; what it defines here is view state derived from them
+(:class:`MigrationState`, a pure fold of events) and the words it shows.
 
 No textual or rich import here: this module is also what a test double or a
 headless benchmark uses.
@@ -20,226 +18,98 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ctconsole import remap
+from ctconsole.commands.destinations import Destination
 from ctconsole.errors import CtError
+from ctconsole.feasibility.findings import AUTO, BLOCKER, INFO, NEEDS_RULE, Finding, Report
+from ctconsole.migrate import events as ev
 from ctconsole.model import Container
+from ctconsole.remap import KindSpec, Rule
 
 if TYPE_CHECKING:
+    from ctconsole.remap.compile import CompiledOptions
     from ctconsole.ui.remote import RemoteHost
 
 LOCAL_HOST = "local"
 
-# Severity order used to group findings, worst first. The checker's own are blocker,
-# needs-rule, auto and info (ctconsole.feasibility.findings); error/warning are other cores'.
-SEVERITIES = ("blocker", "error", "needs-rule", "warning", "auto", "info")
+# ----------------------------------------------------------------- words
+#: The verdict words, exactly as ``ctconsole check`` prints them.
+VERDICT_WORDS = {
+    "feasible": "FEASIBLE",
+    "no-known-blockers": "NO KNOWN BLOCKERS",
+    "needs-rules": "NEEDS RULES",
+    "infeasible": "INFEASIBLE",
+}
+
+#: A needs-rule finding the rules already satisfy is shown in its own group.
+SATISFIED = "satisfied"
+#: The groups of the report screen, worst first.
+GROUPS = (BLOCKER, NEEDS_RULE, SATISFIED, AUTO, INFO)
 
 
-# --------------------------------------------------------------------- checks
-@dataclass(frozen=True)
-class Finding:
-    """One feasibility finding as the console shows it."""
-
-    rule: str
-    severity: str  # blocker | error | warning | info (others sort last)
-    subject: str
-    message: str
-    remedy: str = ""
-    rule_kind: str = ""  # remap rule kind that fixes it, "" when none
+def verdict_word(verdict: str) -> str:
+    return VERDICT_WORDS.get(verdict, verdict.upper())
 
 
-@dataclass(frozen=True)
-class CriuOptions:
-    """Compiled CRIU options: ``criu_opts`` field name -> value, for dump and restore."""
-
-    dump: dict[str, Any] = field(default_factory=dict)
-    restore: dict[str, Any] = field(default_factory=dict)
-
-    def lines(self) -> list[str]:
-        """Human-readable ``phase: field = value`` lines, stable order (for previews and snapshots)."""
-        out: list[str] = []
-        for phase, opts in (("dump", self.dump), ("restore", self.restore)):
-            if not opts:
-                out.append(f"{phase}: (defaults)")
-            for key in sorted(opts):
-                out.append(f"{phase}: {key} = {_fmt_value(opts[key])}")
-        return out
+def finding_group(f: Finding) -> str:
+    """The group a finding is shown in: its severity, or ``satisfied`` for a needs-rule the rules satisfy."""
+    return SATISFIED if f.severity == NEEDS_RULE and f.satisfied else f.severity
 
 
-def _fmt_value(value: Any) -> str:
+def grouped(report: Report) -> list[tuple[str, list[Finding]]]:
+    """Findings by group, worst first; unknown severities last."""
+    groups: dict[str, list[Finding]] = {}
+    for f in report.findings:
+        groups.setdefault(finding_group(f), []).append(f)
+    order = [g for g in GROUPS if g in groups] + sorted(g for g in groups if g not in GROUPS)
+    return [(g, groups[g]) for g in order]
+
+
+def fmt_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_fmt_value(v) for v in value) + "]"
+        return "[" + ", ".join(fmt_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(value.items())) + "}"
+        return "{" + ", ".join(f"{k}={fmt_value(v)}" for k, v in sorted(value.items())) + "}"
     if isinstance(value, str):
         return f'"{value}"'
     return str(value)
 
 
-@dataclass(frozen=True)
-class Report:
-    """A feasibility report: verdict, findings, and the options that will be sent."""
-
-    container_id: str
-    verdict: str  # ok | needs-rules | blocked (raw core verdicts are normalised)
-    findings: tuple[Finding, ...] = ()
-    options: CriuOptions = field(default_factory=CriuOptions)
-    raw_verdict: str = ""
-
-    def grouped(self) -> list[tuple[str, list[Finding]]]:
-        """Findings grouped by severity, worst first; unknown severities last."""
-        groups: dict[str, list[Finding]] = {}
-        for f in self.findings:
-            groups.setdefault(f.severity, []).append(f)
-        order = [s for s in SEVERITIES if s in groups] + sorted(s for s in groups if s not in SEVERITIES)
-        return [(s, groups[s]) for s in order]
+def option_lines(dump: dict[str, Any], restore: dict[str, Any]) -> list[str]:
+    """``phase: field = value`` lines in a stable order (previews and snapshots)."""
+    out: list[str] = []
+    for phase, opts in (("dump", dump), ("restore", restore)):
+        if not opts:
+            out.append(f"{phase}: (defaults)")
+        for key in sorted(opts):
+            out.append(f"{phase}: {key} = {fmt_value(opts[key])}")
+    return out
 
 
-def normalise_verdict(raw: Any) -> str:
-    """Map whatever the core calls its verdict onto the three badges the console shows."""
-    text = str(getattr(raw, "value", getattr(raw, "name", raw))).lower()
-    if any(w in text for w in ("infeas", "block", "impossible", "no-go", "fail")):
-        return "blocked"
-    if any(w in text for w in ("remed", "rule", "warn", "condition", "needs")):
-        return "needs-rules"
-    if text in ("ok", "feasible", "go", "yes", "true", "pass", "passed"):
-        return "ok"
-    return text or "unknown"
+def rule_summary(rule: Rule) -> str:
+    """``mountpoint=/srv, path=/export`` for a table cell (the form's strings)."""
+    return ", ".join(f"{k}={v}" for k, v in remap.rule_to_form(rule).items() if k != "kind" and v)
 
 
-# ---------------------------------------------------------------------- rules
-@dataclass(frozen=True)
-class FieldSpec:
-    """One input of a rule form."""
-
-    name: str
-    label: str
-    placeholder: str = ""
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class RuleKind:
-    """A kind of remap rule and the fields its form asks for."""
-
-    name: str
-    title: str
-    fields: tuple[FieldSpec, ...]
-    help: str = ""
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One remap rule as the editor holds it (values are strings, as typed)."""
-
-    kind: str
-    values: dict[str, str] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.values.items() if v)
-
-
-# Kinds the editor offers when the remap module does not publish its own schema.
-DEFAULT_RULE_KINDS: tuple[RuleKind, ...] = (
-    RuleKind(
-        "unix-socket",
-        "External unix socket",
-        (FieldSpec("inode", "Socket inode", "12345"), FieldSpec("path", "Peer path", "/dev/log", False)),
-        "Dump the connection as external; it is reconnected on restore.",
-    ),
-    RuleKind(
-        "tty",
-        "External terminal",
-        (FieldSpec("path", "TTY path", "/dev/pts/3"), FieldSpec("key", "Inherit key", "console")),
-        "Hand the terminal over with inherit_fd on restore.",
-    ),
-    RuleKind(
-        "mount",
-        "External mount",
-        (
-            FieldSpec("mountpoint", "Mountpoint inside", "/proc/meminfo"),
-            FieldSpec("key", "Key", "meminfo"),
-            FieldSpec("source", "Source on destination", "/var/lib/lxcfs/proc/meminfo", False),
-        ),
-        "Treat a bind mount from the host as external and re-bind it on restore.",
-    ),
-    RuleKind(
-        "veth",
-        "Veth pair",
-        (
-            FieldSpec("inside", "Name inside", "eth0"),
-            FieldSpec("outside", "Name outside", "veth-web1"),
-            FieldSpec("bridge", "Bridge on destination", "br0", False),
-        ),
-        "Recreate the veth on restore and plug the outer end into a bridge.",
-    ),
-    RuleKind(
-        "device",
-        "External device",
-        (FieldSpec("path", "Device path", "/dev/fuse"), FieldSpec("key", "Key", "fuse")),
-        "Treat an open device as external (it must exist on the destination).",
-    ),
-    RuleKind(
-        "file",
-        "Inherited file",
-        (FieldSpec("path", "File path", "/var/log/app.log"), FieldSpec("key", "Key", "applog")),
-        "Pass a file that is open outside the container as an inherited fd.",
-    ),
-    RuleKind(
-        "tcp",
-        "TCP connections",
-        (FieldSpec("mode", "established | close", "established"),),
-        "Keep established TCP connections (tcp_established) or close them.",
-    ),
-    RuleKind(
-        "option",
-        "Raw CRIU option",
-        (
-            FieldSpec("phase", "dump | restore | both", "both"),
-            FieldSpec("name", "criu_opts field", "shell_job"),
-            FieldSpec("value", "Value", "true"),
-        ),
-        "Set any criu_opts field directly (escape hatch).",
-    ),
-)
+def rules_label(path: str) -> str:
+    """How the rules file in use is named on screen: ``none`` or the path (home as ``~``)."""
+    if not path:
+        return "none"
+    home = str(Path.home())
+    return "~" + path[len(home) :] if path.startswith(home + "/") else path
 
 
 # ------------------------------------------------------------------ migration
-class PhaseEventLike(Protocol):
-    """The engine says a new phase began (``phase`` is its name)."""
-
-    phase: str
-
-
-class RoundEventLike(Protocol):
-    """One pre-copy round finished: its number and the pages it wrote."""
-
-    round: int
-    pages: int
-
-
-class TransferEventLike(Protocol):
-    """Bytes moved so far (plus optional total, rate in B/s, ETA in s)."""
-
-    bytes_sent: int
-
-
-class DoneEventLike(Protocol):
-    """The migration ended: ``result`` is migrated | rolled-back | failed."""
-
-    result: str
-
-
 @runtime_checkable
 class MigrationHandle(Protocol):
     """What :meth:`Backend.start_migration` returns: something the console can abort."""
@@ -247,268 +117,137 @@ class MigrationHandle(Protocol):
     def abort(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class PhaseChanged:
-    phase: str
-    phases: tuple[str, ...] = ()
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class RoundDone:
-    round: int
-    pages: int
-    bytes: int = 0
-
-
-@dataclass(frozen=True)
-class Transfer:
-    """Bytes moved so far; ``rate``/``eta`` None when this event does not carry them."""
-
-    bytes_sent: int
-    bytes_total: int = 0
-    rate: float | None = None  # bytes/s
-    eta: float | None = None  # seconds
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One figure: ``rate`` (B/s), ``eta`` (s), ``frozen_ms``, ``downtime_ms``, ``restore_ms``."""
-
-    name: str
-    value: float
-
-
-@dataclass(frozen=True)
-class Frozen:
-    frozen_ms: float
-
-
-@dataclass(frozen=True)
-class LogLine:
-    line: str
-    level: str = "info"
-
-
-@dataclass(frozen=True)
-class Done:
-    result: str  # migrated | rolled-back | failed
-    message: str = ""
-    downtime_ms: float | None = None
-    log_path: str = ""
-    next_steps: tuple[str, ...] = ()
-    errors: tuple[str, ...] = ()
-
-
-UiEvent = PhaseChanged | RoundDone | Transfer | Metric | Frozen | LogLine | Done
-_UI_EVENTS = (PhaseChanged, RoundDone, Transfer, Metric, Frozen, LogLine, Done)
-
-# The engine's phases (libvirt v3 style); "rollback" is appended when it happens.
+# The engine's phases (libvirt v3 style); sub-phases and "rollback" are inserted when they happen.
 DEFAULT_PHASES = ("begin", "prepare", "perform", "finish", "confirm")
 HIDDEN_PHASES = ("done",)
-
-
-def _get(ev: Any, *names: str, default: Any = None) -> Any:
-    for n in names:
-        if isinstance(ev, dict) and n in ev:
-            return ev[n]
-        if not isinstance(ev, dict) and hasattr(ev, n):
-            return getattr(ev, n)
-    return default
-
-
-def _snake(name: str) -> str:
-    return "".join("_" + ch.lower() if ch.isupper() else ch for ch in name).lstrip("_")
-
-
-def adapt_event(ev: Any) -> UiEvent | None:
-    """Turn an engine event (any object or dict) into a UI event by its shape.
-
-    Why duck typing: the migration engine owns its event classes
-    (``ctconsole.migrate.events``); matching on the class name (or an
-    ``event``/``kind`` key) and attribute names lets the engine add fields or
-    events without breaking the console. Unknown events give None.
-    """
-    if isinstance(ev, _UI_EVENTS):
-        return ev
-    hint = _snake(str(_get(ev, "event", "kind", default=type(ev).__name__))).lower()
-    if hint in ("done", "finished", "result") or _get(ev, "result") is not None:
-        res = str(getattr(_get(ev, "result"), "value", _get(ev, "result") or "failed")).lower().replace("_", "-")
-        details = _get(ev, "details", default={}) or {}
-        steps = _get(ev, "next_steps", default=None) or _get(details, "next_steps", default=()) or ()
-        errors = _get(ev, "errors", default=None) or _get(details, "errors", default=()) or ()
-        down = _num(_get(ev, "downtime_ms")) or _ms(_get(details, "downtime", "downtime_s"))
-        return Done(
-            result=res,
-            message=str(_get(ev, "message", default="") or ""),
-            downtime_ms=down,
-            log_path=str(_get(ev, "log_path", default="") or _get(details, "log_path", "journal", default="") or ""),
-            next_steps=(steps,) if isinstance(steps, str) else tuple(str(x) for x in steps),
-            errors=(errors,) if isinstance(errors, str) else tuple(str(x) for x in errors),
-        )
-    if hint == "log_line" or (_get(ev, "line", "text") is not None and _get(ev, "phase") is None):
-        return LogLine(str(_get(ev, "line", "text", default="")).rstrip("\n"), str(_get(ev, "level", default="info")))
-    if hint in ("round_progress", "round_done") or _get(ev, "round") is not None:
-        return RoundDone(
-            round=int(_get(ev, "round", default=0)),
-            pages=int(_get(ev, "pages_written", "pages", default=0) or 0),
-            bytes=int(_get(ev, "bytes", default=0) or 0),
-        )
-    if hint in ("bytes_sent", "transfer") or _get(ev, "bytes_sent", "sent") is not None:
-        return Transfer(
-            bytes_sent=int(_get(ev, "bytes_sent", "sent", default=0) or 0),
-            bytes_total=int(_get(ev, "bytes_total", "total", default=0) or 0),
-            rate=_num(_get(ev, "rate")),
-            eta=_num(_get(ev, "eta")),
-        )
-    if hint == "rate":
-        return Metric("rate", float(_get(ev, "bytes_per_second", "value", default=0.0)))
-    if hint == "eta":
-        return Metric("eta", float(_get(ev, "seconds", "value", default=0.0)))
-    if hint in ("frozen_time", "frozen"):
-        v = _num(_get(ev, "frozen_ms"))
-        return Frozen(v if v is not None else float(_get(ev, "seconds", default=0.0)) * 1000)
-    if hint == "downtime":
-        return Metric("downtime_ms", float(_get(ev, "seconds", default=0.0)) * 1000)
-    if hint == "restore_time":
-        return Metric("restore_ms", float(_get(ev, "seconds", default=0.0)) * 1000)
-    phase = _get(ev, "phase")
-    if phase is not None:
-        phases = _get(ev, "phases", default=()) or ()
-        return PhaseChanged(
-            str(getattr(phase, "value", phase)).lower(),
-            tuple(str(p) for p in phases),
-            str(_get(ev, "detail", default="") or ""),
-        )
-    return None
-
-
-def _num(v: Any) -> float | None:
-    try:
-        return None if v is None else float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def _ms(seconds: Any) -> float | None:
-    v = _num(seconds)
-    return None if v is None else v * 1000
+LOG_TAIL = 200
+RATE_HISTORY = 120
 
 
 @dataclass(frozen=True)
 class MigrationState:
-    """Everything the progress view shows, folded from events.
+    """Everything the progress view shows, folded from the engine's events.
 
     Why a snapshot: progress messages can then replace one another when the
-    UI is busy (``can_replace``) without losing anything — each snapshot
+    UI is busy (``can_replace``) without losing anything: each snapshot
     holds the whole picture, including the log tail and the rate history.
+    ``transfers`` keeps the latest event of each step (kind, round), so the
+    view can say per kind how many bytes were linked, copied or streamed.
     """
 
     phase: str = ""
     phases: tuple[str, ...] = DEFAULT_PHASES
     done_phases: tuple[str, ...] = ()
     failed_phase: str = ""  # the phase a rollback interrupted
-    rounds: tuple[RoundDone, ...] = ()
-    bytes_sent: int = 0
-    bytes_total: int = 0
-    rate: float = 0.0
+    rounds: tuple[ev.RoundProgress, ...] = ()
+    final: ev.FinalDump | None = None
+    transfers: tuple[ev.Transfer, ...] = ()
     rates: tuple[float, ...] = ()
-    eta: float | None = None
-    frozen_ms: float | None = None
-    downtime_ms: float | None = None
-    restore_ms: float | None = None
+    frozen: float | None = None  # seconds, CRIU's
+    restore: float | None = None
+    downtime: float | None = None
     log_tail: tuple[str, ...] = ()
     log_count: int = 0
-    done: Done | None = None
+    done: ev.Done | None = None
+
+    @property
+    def transfer(self) -> ev.Transfer | None:
+        """The step moving now (or the last one)."""
+        return self.transfers[-1] if self.transfers else None
 
     @property
     def fraction(self) -> float | None:
-        if self.bytes_total > 0:
-            return min(1.0, self.bytes_sent / self.bytes_total)
-        return None
+        t = self.transfer
+        return t.fraction if t is not None else None
+
+    def bytes_by_kind(self) -> list[tuple[str, int]]:
+        """Bytes per transfer kind over every step, in the order kinds first appeared."""
+        out: dict[str, int] = {}
+        for t in self.transfers:
+            out[t.kind] = out.get(t.kind, 0) + t.done
+        return list(out.items())
 
 
-LOG_TAIL = 200
-RATE_HISTORY = 120
-
-
-def fold(state: MigrationState, ev: UiEvent) -> MigrationState:
+def fold(state: MigrationState, event: ev.Event) -> MigrationState:
     """Pure: the state after one event (unit-testable without a UI)."""
     rep = dataclasses.replace
-    if isinstance(ev, PhaseChanged):
-        if ev.phase in HIDDEN_PHASES:
+    if isinstance(event, ev.PhaseChanged):
+        if event.phase in HIDDEN_PHASES:
             return state
-        phases = ev.phases or state.phases
-        if ev.phase not in phases:
-            # a sub-phase the engine reports (transfer, restore...) goes right after the phase it
-            # runs in: appended, the timeline read "confirm, transfer, restore" on a real migration
-            at = phases.index(state.phase) + 1 if state.phase in phases and ev.phase != "rollback" else len(phases)
-            phases = (*phases[:at], ev.phase, *phases[at:])
+        phases = state.phases
+        if event.phase not in phases:
+            # a sub-phase (transfer, restore...) goes right after the phase it runs in
+            at = phases.index(state.phase) + 1 if state.phase in phases and event.phase != "rollback" else len(phases)
+            phases = (*phases[:at], event.phase, *phases[at:])
         done = state.done_phases
         failed = state.failed_phase
-        if ev.phase == "rollback":
+        if event.phase == "rollback":
             failed = state.phase  # interrupted, not completed
-        elif state.phase and state.phase not in done and state.phase != ev.phase:
+        elif state.phase and state.phase not in done and state.phase != event.phase:
             done = (*done, state.phase)
-        state = rep(state, phase=ev.phase, phases=phases, done_phases=done, failed_phase=failed)
-        if ev.detail:
-            state = fold(state, LogLine(f"[{ev.phase}] {ev.detail}"))
+        state = rep(state, phase=event.phase, phases=phases, done_phases=done, failed_phase=failed)
+        if event.detail:
+            state = _log(state, f"[{event.phase}] {event.detail}")
         return state
-    if isinstance(ev, RoundDone):
-        return rep(state, rounds=(*state.rounds, ev))
-    if isinstance(ev, Transfer):
-        state = rep(state, bytes_sent=ev.bytes_sent, bytes_total=ev.bytes_total or state.bytes_total)
-        if ev.rate is not None:
-            state = fold(state, Metric("rate", ev.rate))
-        if ev.eta is not None:
-            state = rep(state, eta=ev.eta)
-        return state
-    if isinstance(ev, Metric):
-        if ev.name == "rate":
-            return rep(state, rate=ev.value, rates=(*state.rates, ev.value)[-RATE_HISTORY:])
-        if ev.name == "eta":
-            return rep(state, eta=ev.value)
-        if ev.name == "frozen_ms":
-            return rep(state, frozen_ms=ev.value)
-        if ev.name == "downtime_ms":
-            return rep(state, downtime_ms=ev.value)
-        if ev.name == "restore_ms":
-            return rep(state, restore_ms=ev.value)
-        return state
-    if isinstance(ev, Frozen):
-        return rep(state, frozen_ms=ev.frozen_ms)
-    if isinstance(ev, LogLine):
-        line = ev.line if ev.level in ("info", "") else f"{ev.level.upper()}: {ev.line}"
-        return rep(state, log_tail=(*state.log_tail, line)[-LOG_TAIL:], log_count=state.log_count + 1)
-    if isinstance(ev, Done):
+    if isinstance(event, ev.RoundProgress):
+        return rep(state, rounds=(*state.rounds, event))
+    if isinstance(event, ev.FinalDump):
+        return rep(state, final=event)
+    if isinstance(event, ev.Transfer):
+        kept = tuple(t for t in state.transfers if (t.kind, t.round) != (event.kind, event.round))
+        rates = (*state.rates, event.rate)[-RATE_HISTORY:] if event.rate > 0 else state.rates
+        return rep(state, transfers=(*kept, event), rates=rates)
+    if isinstance(event, ev.FrozenTime):
+        return rep(state, frozen=event.seconds)
+    if isinstance(event, ev.RestoreTime):
+        return rep(state, restore=event.seconds)
+    if isinstance(event, ev.Downtime):
+        return rep(state, downtime=event.seconds)
+    if isinstance(event, ev.LogLine):
+        line = event.text if event.level in ("info", "") else f"{event.level.upper()}: {event.text}"
+        return _log(state, line)
+    if isinstance(event, ev.Done):
         done_phases = state.done_phases
-        if ev.result in ("migrated", "rolled-back") and state.phase and state.phase not in done_phases:
+        if event.result in ("migrated", "rolled-back") and state.phase and state.phase not in done_phases:
             done_phases = (*done_phases, state.phase)  # the last phase (confirm, or the rollback) completed
-        if ev.downtime_ms is None and state.downtime_ms is not None:
-            ev = dataclasses.replace(ev, downtime_ms=state.downtime_ms)
-        return rep(state, done=ev, done_phases=done_phases, downtime_ms=ev.downtime_ms)
+        downtime = event.downtime if event.downtime is not None else state.downtime
+        frozen = event.frozen if event.frozen is not None else state.frozen
+        return rep(state, done=event, done_phases=done_phases, downtime=downtime, frozen=frozen)
     return state
 
 
+def _log(state: MigrationState, line: str) -> MigrationState:
+    return dataclasses.replace(
+        state, log_tail=(*state.log_tail, line)[-LOG_TAIL:], log_count=state.log_count + 1
+    )
+
+
 NEXT_STEPS = {
-    "migrated": (
-        "The container runs on the destination; the source copy was killed.",
-        "Check the service from outside, then remove the images if you keep them.",
-    ),
-    "rolled-back": (
-        "The source container was resumed: nothing changed for its users.",
-        "Open Troubleshooting (t) to read CRIU's log and the explanations, fix, and retry.",
-    ),
+    "migrated": ("Check the service from outside, then remove the images if you keep them.",),
+    "rolled-back": ("Open Troubleshooting (t) to read CRIU's log and the explanations, fix, and retry.",),
     "failed": (
-        "The migration failed; check whether the source still runs (Containers, r to refresh).",
         "Open Troubleshooting (t) for the log; the journal lets `ctconsole migrate --recover` finish or undo.",
     ),
 }
 
+#: What the outcome says about the source, by ``Done.source``.
+SOURCE_WORDS = {
+    "released": "the source copy was stopped: the container runs only on the destination",
+    "running": "the source container is still running where it was: nothing changed for its users",
+    "restored-locally": "the source container was restored here from the images and runs again",
+    "untouched": "the source container was never frozen: it is still running",
+    "lost": "THE SOURCE CONTAINER IS GONE: it runs neither here nor on the destination",
+}
+
+
+def source_sentence(done: ev.Done) -> str:
+    """Whether the source survived, in words (an unknown state says so)."""
+    return SOURCE_WORDS.get(done.source, "whether the source still runs is unknown: check the container list")
+
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    """One migration from the journal."""
+    """One migration from the journal, as the history table shows it."""
 
     id: str
     container: str
@@ -526,9 +265,19 @@ class Backend(ABC):
 
     name = "backend"
 
-    @abstractmethod
     def hosts(self, requested: Sequence[str]) -> list[str]:
         """Hosts to show: ``local`` first, then the ``--host`` values in order."""
+        out = [LOCAL_HOST]
+        out.extend(h for h in requested if h not in out)
+        return out
+
+    def is_remote(self, host: str) -> bool:
+        """Whether ``host`` is another machine (or namespace) reached through its agent.
+
+        Why the screens ask: rules, previews and migrations run where the
+        source container is; the console can only start them for ``local``.
+        """
+        return host != LOCAL_HOST
 
     @abstractmethod
     def list_containers(self, host: str = LOCAL_HOST) -> list[Container]:
@@ -539,63 +288,88 @@ class Backend(ABC):
         """One container, fully inventoried."""
 
     @abstractmethod
-    def check(
-        self, ref: str, dest: str | None = None, rules: Sequence[Rule] | None = None, host: str = LOCAL_HOST
-    ) -> Report:
-        """Feasibility report (with the compiled options that will be sent), computed on ``host``."""
+    def check(self, ref: str, dest: str | None = None, rules_file: str = "", host: str = LOCAL_HOST) -> Report:
+        """Feasibility report for ``dest`` with the rules of ``rules_file`` ("" = none), computed on ``host``."""
 
-    def is_remote(self, host: str) -> bool:
-        """Whether ``host`` is another machine (or namespace) reached through its agent.
+    # ---------------------------------------------------------------- rules (the real remap)
+    def rule_kinds(self) -> tuple[KindSpec, ...]:
+        """The kinds of rules the editor offers: remap's own."""
+        return remap.KINDS
 
-        Why the screens ask: rules, previews and migrations run where the
-        source container is; the console can only start them for ``local``.
-        """
-        return host != LOCAL_HOST
-
-    def rule_kinds(self) -> tuple[RuleKind, ...]:
-        """The kinds of rules the editor offers."""
-        return DEFAULT_RULE_KINDS
-
-    @abstractmethod
-    def load_rules(self, ref: str) -> list[Rule]:
-        """The saved rules of a container."""
-
-    @abstractmethod
     def validate_rule(self, rule: Rule) -> list[str]:
-        """Problems with one rule, as sentences ([] when valid). Must be fast: called per keystroke."""
+        """Problems with one rule, as sentences ([] when valid). Fast: called per keystroke."""
+        return remap.validate_rule(rule)
 
-    @abstractmethod
-    def compile_rules(self, ref: str, rules: Sequence[Rule]) -> CriuOptions:
-        """The CRIU options these rules produce (raises CtError when they do not compile)."""
-
-    @abstractmethod
-    def save_rules(self, ref: str, rules: Sequence[Rule]) -> str:
-        """Persist the rules; returns where they went."""
+    def compile_rules(self, ref: str, rules: Sequence[Rule], dest: str | None = None) -> CompiledOptions:
+        """The CRIU options these rules produce for ``dest`` (raises CtError when they do not compile)."""
+        rs = remap.RuleSet(containers=(remap.Scope(remap.Selector(name="*"), tuple(rules), index=0),), path="<editor>")
+        return remap.compile_rules(rs, self.container_detail(ref), dest)
 
     def suggest_rules(self, ref: str, dest: str | None = None) -> list[Rule]:
         """Draft rules for every external item that needs one (the operator reviews them)."""
-        return []
+        from ctconsole.remap.suggest import suggest_rules
 
+        return [rule for rule, _why, _comments in suggest_rules(self.container_detail(ref), dest)]
+
+    def form_defaults(self, ref: str, rule: Rule) -> dict[str, str]:
+        """Values for the blank fields of a rule being added: what remap would suggest for that item.
+
+        Why: the destination's host path of a mount is the source's path in
+        most cases, and the suggester already knows it; the form shows it
+        instead of a placeholder (the operator can still change it).
+        """
+        form = remap.rule_to_form(rule)
+        key = {"mount": "mountpoint", "veth": "interface", "netdev": "interface", "unix": "peer"}.get(rule.kind)
+        out: dict[str, str] = {}
+        if key and form.get(key):
+            with contextlib.suppress(CtError, OSError):
+                for s in self.suggest_rules(ref):
+                    sf = remap.rule_to_form(s)
+                    if s.kind == rule.kind and sf.get(key) == form[key]:
+                        out = {k: v for k, v in sf.items() if k != "kind" and not form.get(k)}
+                        break
+        if rule.kind == "file" and not form.get("destination") and (src := form.get("source") or form.get("fd_path")):
+            out.setdefault("destination", src)
+        if rule.kind == "mount" and not form.get("path") and not out.get("path") and form.get("mountpoint"):
+            with contextlib.suppress(CtError, OSError):
+                c = self.container_detail(ref)
+                m = next((m for m in c.mounts if m.mountpoint == form["mountpoint"]), None)
+                if m is not None and m.root.startswith("/"):
+                    out["path"] = m.root
+        return out
+
+    @abstractmethod
+    def default_rules_file(self) -> str:
+        """The rules file the editor saves to by default."""
+
+    @abstractmethod
+    def load_rules(self, ref: str, rules_file: str) -> list[Rule]:
+        """The rules of the block written for this container in ``rules_file`` ([] when none)."""
+
+    @abstractmethod
+    def save_rules(self, ref: str, rules: Sequence[Rule], rules_file: str) -> str:
+        """Persist the rules as this container's block; returns where they went."""
+
+    # ---------------------------------------------------------------- migration
     def strategies(self) -> tuple[str, ...]:
         """Strategy names, the first being the default."""
         return ("auto", "stop-copy", "pre-copy", "post-copy")
 
     @abstractmethod
-    def preview_migration(self, ref: str, dest: str, strategy: str) -> list[str]:
-        """Lines describing what the migration will do (phases, options)."""
+    def destinations(self, hosts: Sequence[str]) -> list[Destination]:
+        """Known destinations (lab hosts, ``--host``, past ones, ssh config), last used first."""
+
+    @abstractmethod
+    def preview_migration(self, ref: str, dest: str, strategy: str, rules_file: str) -> list[str]:
+        """Lines describing what the migration will do (phases, rules file, options)."""
 
     @abstractmethod
     def start_migration(
-        self,
-        ref: str,
-        dest: str,
-        strategy: str,
-        rules: Sequence[Rule] | None,
-        on_event: Callable[[UiEvent], None],
+        self, ref: str, dest: str, strategy: str, rules_file: str, on_event: Callable[[ev.Event], None]
     ) -> MigrationHandle:
         """Start a migration and return promptly with a handle to abort it.
 
-        Events arrive on ``on_event`` from any thread and end with one :class:`Done`.
+        Events arrive on ``on_event`` from any thread and end with one :class:`~ctconsole.migrate.events.Done`.
         """
 
     @abstractmethod
@@ -607,16 +381,10 @@ class Backend(ABC):
         """The lines of a CRIU log."""
 
     def explain(self, line: str) -> str | None:
-        """Explanation for a CRIU log line, from ``ctconsole.criu.errors`` when present."""
-        try:
-            from ctconsole.criu.errors import explain  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            return _fallback_explain(line)
-        try:
-            res = explain(line)
-        except Exception:
-            return None
-        return res if res is not None else _fallback_explain(line)
+        """Explanation for a CRIU log line (ctconsole.criu.errors)."""
+        from ctconsole.criu.errors import explain
+
+        return explain(line)
 
     def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing open
         """Release what the backend holds open (agent channels); called when the console exits."""
@@ -627,61 +395,9 @@ class Backend(ABC):
         return entries[0].log_path if entries else ""
 
 
-_FALLBACK = (
-    ("External socket", "A socket is connected outside the container: add an external unix-socket rule."),
-    ("tty", "A terminal is shared with the host: add a tty rule (inherit_fd) or use shell_job."),
-    ("mnt", "A mount has no known source on restore: add an external mount rule."),
-    ("Can't dump ghost", "A deleted file is too large: raise ghost_limit or close the file."),
-    ("veth", "The network interface could not be recreated: add a veth rule naming the outside end."),
-    ("Connection refused", "The page server or agent on the destination is not reachable."),
-)
-
-
-def _fallback_explain(line: str) -> str | None:
-    """A few built-in explanations, used until ``ctconsole.criu.errors`` lands."""
-    if "Error" not in line:
-        return None
-    for needle, text in _FALLBACK:
-        if needle.lower() in line.lower():
-            return text
-    return None
-
-
 # ---------------------------------------------------------------- real core
-def _core(modname: str, what: str) -> ModuleType:
-    """Import a core module or raise a CtError saying which part is missing."""
-    try:
-        return importlib.import_module(modname)
-    except ImportError as exc:
-        raise CtError(
-            f"{what} is not available in this build ({modname}: {exc})",
-            ["This part of ctconsole is still being built; the console works with what is there."],
-        ) from exc
-
-
-def _first(mod: ModuleType, names: Iterable[str], what: str) -> Callable[..., Any]:
-    """The first of ``names`` that ``mod`` defines (the core's API may still be settling)."""
-    for n in names:
-        fn = getattr(mod, n, None)
-        if callable(fn):
-            return fn
-    raise CtError(f"{what}: {mod.__name__} has none of {', '.join(names)}")
-
-
 class RealBackend(Backend):
-    """Calls the core modules; each one imported on first use.
-
-    Core entry points used (all looked up by name so a renamed function gives a
-    clear message instead of an ImportError at start-up):
-
-    - ``ctconsole.inventory``: ``scan(full=True)``, ``resolve(ref)``, ``detail(container)``
-    - ``ctconsole.feasibility``: ``check(container, dest=, rules=)``
-    - ``ctconsole.remap``: ``KINDS``, ``load_rules(container)``, ``validate_rule(form)``,
-      ``from_dicts(forms)``, ``compile_rules(ruleset, container)``, ``save_rules(container, ruleset)``
-    - ``ctconsole.migrate.engine``: ``STRATEGIES``, ``MigrationRequest``, ``Migration(req, emit).run()/.abort()``,
-      ``compile_options(container, req)`` for the preview
-    - ``ctconsole.migrate.journal``: ``journals()``, ``summarize(path)``, ``read_records(path)``
-    """
+    """Calls the core; each heavy module is imported on first use (start-up time)."""
 
     name = "real"
 
@@ -690,11 +406,6 @@ class RealBackend(Backend):
         self._lock = threading.Lock()
         self._remotes: dict[str, RemoteHost] = {}
         self._remote_cache: dict[str, dict[str, Container]] = {}
-
-    def hosts(self, requested: Sequence[str]) -> list[str]:
-        out = [LOCAL_HOST]
-        out.extend(h for h in requested if h not in out)
-        return out
 
     # ------------------------------------------------------------ remote hosts
     def remote(self, host: str) -> RemoteHost:
@@ -738,12 +449,9 @@ class RealBackend(Backend):
     def list_containers(self, host: str = LOCAL_HOST) -> list[Container]:
         if self.is_remote(host):
             return self._remote_list(host)
-        inv = _core("ctconsole.inventory", "the inventory")
-        scan = _first(inv, ("scan",), "inventory")
-        try:
-            found = list(scan(full=True))  # externals are only known from a full scan
-        except TypeError:
-            found = list(scan())
+        from ctconsole import inventory
+
+        found = inventory.scan(full=True)  # externals are only known from a full scan
         with self._lock:
             self._cache = {c.id: c for c in found}
         return found
@@ -751,258 +459,105 @@ class RealBackend(Backend):
     def container_detail(self, ref: str, host: str = LOCAL_HOST) -> Container:
         if self.is_remote(host):
             return self._remote_container(ref, host)  # the agent's inventory is already a full one
-        inv = _core("ctconsole.inventory", "the inventory")
+        from ctconsole import inventory
+
         with self._lock:
             known = self._cache.get(ref)
-        detail = getattr(inv, "detail", None)
-        if known is not None and callable(detail):
-            c: Container = detail(known)
-        else:
-            c = _first(inv, ("resolve",), "inventory")(ref)
+        c = inventory.detail(known) if known is not None else inventory.resolve(ref)
         with self._lock:
             self._cache[c.id] = c
         return c
 
-    def _container(self, ref: str) -> Container:
-        with self._lock:
-            c = self._cache.get(ref)
-        return c or self.container_detail(ref)
-
     # ------------------------------------------------------------ feasibility
-    def check(
-        self, ref: str, dest: str | None = None, rules: Sequence[Rule] | None = None, host: str = LOCAL_HOST
-    ) -> Report:
+    def check(self, ref: str, dest: str | None = None, rules_file: str = "", host: str = LOCAL_HOST) -> Report:
         if self.is_remote(host):
             # the agent checks with that host's own rules and CRIU: ``dest``/``rules`` are the local side's
             cid = self._remote_container(ref, host).id
-            return self._adapt_report(cid, self.remote(host).check(cid))
-        feas = _core("ctconsole.feasibility", "the feasibility checker")
-        container = self._container(ref)
-        compiled = self._core_rules(rules) if rules else None
-        raw = _first(feas, ("check",), "feasibility")(container, dest=dest, rules=compiled)
-        report = self._adapt_report(container.id, raw)
-        if not report.options.dump and not report.options.restore:
-            # the checker did not say which options it would use: show what remap compiles
-            with contextlib.suppress(CtError):
-                report = dataclasses.replace(report, options=self.compile_rules(container.id, self.load_rules(ref)))
-        return report
+            return Report.from_dict(self.remote(host).check(cid))
+        from ctconsole import feasibility
 
-    def _adapt_report(self, cid: str, raw: Any) -> Report:
-        kinds = {k.name for k in self.rule_kinds()}
-        findings = []
-        for f in _get(raw, "findings", default=()) or ():
-            sev_raw = _get(f, "severity", default="info")
-            sev = str(getattr(sev_raw, "value", sev_raw)).lower()
-            remedy = str(_get(f, "remedy", default="") or "")
-            kind = str(_get(f, "rule_kind", "kind", default="") or "")
-            if kind not in kinds:
-                kind = next((k for k in sorted(kinds, key=len, reverse=True) if k in remedy.split()), "")
-            findings.append(
-                Finding(
-                    rule=str(_get(f, "rule", default="")),
-                    severity=sev,
-                    subject=str(_get(f, "subject", default="")),
-                    message=str(_get(f, "message", default="")),
-                    remedy=remedy,
-                    rule_kind=kind,
-                )
-            )
-        opts = _get(raw, "options")
-        options = CriuOptions(
-            dump=dict(_get(opts, "dump", default={}) or {}),
-            restore=dict(_get(opts, "restore", default={}) or {}),
-        )
-        verdict = _get(raw, "verdict", default="unknown")
-        verdict = getattr(verdict, "value", verdict)
-        return Report(cid, normalise_verdict(verdict), tuple(findings), options, str(verdict))
+        rules = rules_file if rules_file and Path(rules_file).is_file() else None
+        return feasibility.check(self.container_detail(ref), dest=dest or None, rules=rules)
 
     # ------------------------------------------------------------ rules
-    def rule_kinds(self) -> tuple[RuleKind, ...]:
-        try:
-            remap = importlib.import_module("ctconsole.remap")
-        except ImportError:
-            return DEFAULT_RULE_KINDS
-        kinds = getattr(remap, "KINDS", None)
-        if not kinds:
-            return DEFAULT_RULE_KINDS
-        out = []
-        for k in kinds.values() if isinstance(kinds, dict) else kinds:
-            fields = tuple(
-                FieldSpec(
-                    str(_get(f, "name")),
-                    str(_get(f, "label", "name")),
-                    str(_get(f, "placeholder", "example", default="") or ""),
-                    bool(_get(f, "required", default=True)),
-                )
-                for f in _get(k, "fields", default=()) or ()
-            )
-            out.append(
-                RuleKind(
-                    str(_get(k, "name")), str(_get(k, "title", "name")), fields, str(_get(k, "help", default="") or "")
-                )
-            )
-        return tuple(out) or DEFAULT_RULE_KINDS
+    def default_rules_file(self) -> str:
+        return str(remap.default_rules_path())
 
-    def _remap(self) -> ModuleType:
-        return _core("ctconsole.remap", "the rules engine (remap)")
-
-    def _core_rules(self, rules: Sequence[Rule] | None) -> Any:
-        """Editor rules -> the remap module's RuleSet (one block)."""
-        remap = self._remap()
-        build = _first(remap, ("from_dicts",), "remap")
-        return build([{"kind": r.kind, **r.values} for r in rules or ()])
-
-    def load_rules(self, ref: str) -> list[Rule]:
-        remap = self._remap()
-        loaded = _first(remap, ("load_rules", "load"), "remap")(self._container(ref))
-        out = []
-        for r in _get(loaded, "rules", default=loaded) or []:
-            if isinstance(r, dict):
-                d = r
-            elif dataclasses.is_dataclass(r) and not isinstance(r, type):
-                d = dataclasses.asdict(r)
-            else:
-                d = dict(vars(r))
-            out.append(
-                Rule(str(d.get("kind", "")), {k: "" if v is None else str(v) for k, v in d.items() if k != "kind"})
-            )
-        return out
-
-    def validate_rule(self, rule: Rule) -> list[str]:
-        local = _local_validate(rule, self.rule_kinds())
-        if local:
-            return local
-        try:
-            remap = importlib.import_module("ctconsole.remap")
-        except ImportError:
+    def load_rules(self, ref: str, rules_file: str) -> list[Rule]:
+        if not rules_file or not Path(rules_file).is_file():
             return []
-        fn = getattr(remap, "validate_rule", None)
-        if not callable(fn):
-            return []
-        try:
-            res = fn({"kind": rule.kind, **rule.values})
-        except CtError as exc:
-            return [exc.message, *exc.details]
-        except (ValueError, TypeError, KeyError) as exc:
-            return [str(exc)]
-        return [str(x) for x in res or ()]
+        return [remap.rule_from_form(d) for d in remap.load_rules(self.container_detail(ref), rules_file)]
 
-    def compile_rules(self, ref: str, rules: Sequence[Rule]) -> CriuOptions:
-        remap = self._remap()
-        compiled = _first(remap, ("compile_rules", "compile"), "remap")(self._core_rules(rules), self._container(ref))
-        return CriuOptions(
-            dump=dict(_get(compiled, "dump", default={}) or {}),
-            restore=dict(_get(compiled, "restore", default={}) or {}),
-        )
-
-    def save_rules(self, ref: str, rules: Sequence[Rule]) -> str:
-        remap = self._remap()
-        where = _first(remap, ("save_rules", "save"), "remap")(self._container(ref), self._core_rules(rules))
-        return str(where or "the rules file")
-
-    def suggest_rules(self, ref: str, dest: str | None = None) -> list[Rule]:
-        remap = self._remap()
-        suggest = _core("ctconsole.remap.suggest", "rule suggestions")
-        drafts = _first(suggest, ("suggest_rules",), "remap.suggest")(self._container(ref), dest)
-        to_form = _first(remap, ("rule_to_form",), "remap")
-        out = []
-        for d in drafts:
-            rule = d[0] if isinstance(d, tuple) else d
-            form = dict(to_form(rule))
-            out.append(Rule(str(form.pop("kind", "")), {k: str(v) for k, v in form.items()}))
-        return out
+    def save_rules(self, ref: str, rules: Sequence[Rule], rules_file: str) -> str:
+        return remap.save_rules(self.container_detail(ref), list(rules), rules_file or self.default_rules_file())
 
     # ------------------------------------------------------------ migration
-    def _engine(self) -> ModuleType:
-        return _core("ctconsole.migrate.engine", "the migration engine")
-
     def strategies(self) -> tuple[str, ...]:
-        try:
-            return tuple(self._engine().STRATEGIES)
-        except (CtError, AttributeError):
-            return super().strategies()
+        from ctconsole.migrate.engine import STRATEGIES
 
-    def _rules_file(self) -> str | None:
-        """The rules file the editor saves to, when it exists (the engine takes rules as a path)."""
-        try:
-            path = Path(_first(self._remap(), ("default_rules_path",), "remap")())
-        except CtError:
-            return None
-        return str(path) if path.is_file() else None
+        return tuple(STRATEGIES)
 
-    def _request(self, eng: ModuleType, container: Container, dest: str, strategy: str) -> Any:
-        make = _first(eng, ("MigrationRequest",), "migrate")
-        return make(ref=container.id, dest=dest, strategy=strategy, rules=self._rules_file())
+    def destinations(self, hosts: Sequence[str]) -> list[Destination]:
+        from ctconsole.commands.destinations import known_destinations
 
-    def preview_migration(self, ref: str, dest: str, strategy: str) -> list[str]:
-        eng = self._engine()
-        container = self._container(ref)
-        req = self._request(eng, container, dest, strategy)
-        dump, restore, notes = _first(eng, ("compile_options",), "migrate")(container, req)
-        lines = [
+        return known_destinations(hosts)
+
+    def preview_migration(self, ref: str, dest: str, strategy: str, rules_file: str) -> list[str]:
+        from ctconsole.migrate.options import migration_options
+
+        container = self.container_detail(ref)
+        rules = rules_file if rules_file and Path(rules_file).is_file() else None
+        opts = migration_options(container, dest, rules, container.id)
+        dump, restore, notes = opts.dump, opts.restore, opts.notes
+        return [
             f"{container.name} ({container.runtime}, init {container.init_pid}) -> {dest}",
             f"strategy {strategy}: begin, prepare, perform, finish, confirm",
+            f"rules file: {rules_label(rules or '')}",
             "on failure before confirm: CRIU resumes the source (rollback)",
             *[f"note: {n}" for n in notes],
-            *CriuOptions(dict(dump), dict(restore)).lines(),
+            *option_lines(dump, restore),
         ]
-        return lines
 
     def start_migration(
-        self,
-        ref: str,
-        dest: str,
-        strategy: str,
-        rules: Sequence[Rule] | None,
-        on_event: Callable[[UiEvent], None],
+        self, ref: str, dest: str, strategy: str, rules_file: str, on_event: Callable[[ev.Event], None]
     ) -> MigrationHandle:
-        eng = self._engine()
-        container = self._container(ref)
-        req = self._request(eng, container, dest, strategy)
-        journal_path = ""
+        from ctconsole.commands.migrate import source_netns_for
+        from ctconsole.migrate.engine import Migration, MigrationRequest
 
-        def forward(ev: Any) -> None:
-            ui = adapt_event(ev)
-            if isinstance(ui, Done) and not ui.log_path and journal_path:
-                ui = dataclasses.replace(ui, log_path=journal_path)
-            if ui is not None:
-                on_event(ui)
-
-        migration = _first(eng, ("Migration",), "migrate")(req, emit=forward)
-        with contextlib.suppress(Exception):
-            journal_path = str(migration.journal.path)
+        container = self.container_detail(ref)
+        rules = rules_file if rules_file and Path(rules_file).is_file() else None
+        req = MigrationRequest(
+            ref=container.id, dest=dest, strategy=strategy, rules=rules, source_netns=source_netns_for(dest)
+        )
+        migration = Migration(req, emit=on_event)
+        journal = str(migration.journal.path)
 
         def run() -> None:
             try:
                 migration.run()  # emits Done itself
             except CtError as exc:
-                on_event(Done("failed", exc.message, errors=tuple(exc.details), log_path=journal_path))
+                on_event(ev.Done("failed", exc.message, errors=tuple(exc.details), journal=journal))
             except Exception as exc:  # the console must get an outcome whatever happens
-                on_event(Done("failed", f"{type(exc).__name__}: {exc}", log_path=journal_path))
+                on_event(ev.Done("failed", f"{type(exc).__name__}: {exc}", journal=journal))
 
         threading.Thread(target=run, name=f"migrate-{container.name}", daemon=True).start()
-        return cast(MigrationHandle, migration)
+        return migration
 
     def history(self) -> list[HistoryEntry]:
-        try:
-            journal = importlib.import_module("ctconsole.migrate.journal")
-        except ImportError:
-            return []
+        from ctconsole.migrate import journal
+
         out = []
-        for path in reversed(list(_first(journal, ("journals",), "journal")())):
-            s = _first(journal, ("summarize",), "journal")(path)
-            started = _get(s, "started", default=0) or 0
+        for path in reversed(journal.journals()):
+            s = journal.summarize(path)
             out.append(
                 HistoryEntry(
-                    id=str(_get(s, "id", default=path.stem)),
-                    container=str(
-                        _get(s, "name", default="") or _journal_name(path) or _get(s, "container", default="")
-                    ),
-                    dest=str(_get(s, "dest", default="")),
-                    strategy=str(_get(s, "strategy", default="")),
-                    started=time.strftime("%Y-%m-%d %H:%M", time.localtime(float(started))) if started else "",
-                    result=str(_get(s, "result", default="")),
-                    downtime_ms=_ms(_get(s, "downtime")),
+                    id=s.id,
+                    container=_journal_name(path) or s.container,
+                    dest=s.dest,
+                    strategy=s.strategy,
+                    started=time.strftime("%Y-%m-%d %H:%M", time.localtime(s.started)) if s.started else "",
+                    result=s.result,
+                    downtime_ms=s.downtime * 1000 if s.downtime is not None else None,
                     log_path=str(path),
                 )
             )
@@ -1010,23 +565,25 @@ class RealBackend(Backend):
 
     def read_log(self, path: str) -> list[str]:
         if path.endswith(".jsonl"):
-            return self._journal_lines(Path(path))
+            return _journal_lines(Path(path))
         try:
             return Path(path).read_text(errors="replace").splitlines()
         except OSError as exc:
             raise CtError(f"cannot read log {path}: {exc.strerror}") from exc
 
-    def _journal_lines(self, path: Path) -> list[str]:
-        """A journal as log lines; error records expand to their detail lines (CRIU's Error lines)."""
-        journal = _core("ctconsole.migrate.journal", "the migration journal")
-        lines = []
-        for rec in _first(journal, ("read_records",), "journal")(path):
-            ts = time.strftime("%H:%M:%S", time.localtime(float(rec.get("ts", 0))))
-            kind = rec.get("kind", "?")
-            rest = {k: v for k, v in rec.items() if k not in ("ts", "kind", "details")}
-            lines.append(f"{ts} {kind} " + " ".join(f"{k}={v}" for k, v in rest.items()))
-            lines.extend(f"    {d}" for d in rec.get("details", []) or [])
-        return lines
+
+def _journal_lines(path: Path) -> list[str]:
+    """A journal as log lines; error records expand to their detail lines (CRIU's Error lines)."""
+    from ctconsole.migrate import journal
+
+    lines = []
+    for rec in journal.read_records(path):
+        ts = time.strftime("%H:%M:%S", time.localtime(float(rec.get("ts", 0))))
+        kind = rec.get("kind", "?")
+        rest = {k: v for k, v in rec.items() if k not in ("ts", "kind", "details")}
+        lines.append(f"{ts} {kind} " + " ".join(f"{k}={v}" for k, v in rest.items()))
+        lines.extend(f"    {d}" for d in rec.get("details", []) or [])
+    return lines
 
 
 def _journal_name(path: Path) -> str:
@@ -1051,29 +608,6 @@ def _journal_name(path: Path) -> str:
     return ""
 
 
-class _ThreadedRun:
-    """Handle for an engine call running in its own thread; aborts through the engine's handle."""
-
-    def __init__(self) -> None:
-        self.inner: MigrationHandle | None = None
-
-    def abort(self) -> None:
-        if self.inner is None:
-            raise CtError(
-                "this migration cannot be aborted from the console",
-                ["The engine did not return an abortable handle; CRIU rolls back on failure by itself."],
-            )
-        self.inner.abort()
-
-
-def _local_validate(rule: Rule, kinds: Sequence[RuleKind]) -> list[str]:
-    """Checks any rule must pass whatever the core says: known kind, required fields present."""
-    spec = next((k for k in kinds if k.name == rule.kind), None)
-    if spec is None:
-        return [f"unknown rule kind {rule.kind!r}"]
-    return [f"{f.label} is required" for f in spec.fields if f.required and not rule.values.get(f.name, "").strip()]
-
-
 def make_backend(fake: bool | None = None) -> Backend:
     """The backend the console uses: the fake one when ``CTCONSOLE_FAKE`` is set (demo, tests)."""
     import os
@@ -1085,5 +619,5 @@ def make_backend(fake: bool | None = None) -> Backend:
 
         n = int(os.environ.get("CTCONSOLE_FAKE_N", "12") or 12)
         speed = float(os.environ.get("CTCONSOLE_FAKE_SPEED", "1") or 1)
-        return FakeBackend(n_containers=n, speed=speed, real_explain=True)
+        return FakeBackend(n_containers=n, speed=speed)
     return RealBackend()

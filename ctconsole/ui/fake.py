@@ -1,17 +1,25 @@
 """A deterministic in-memory backend.
 
-Why: snapshot tests need byte-identical screens, benchmarks need 200
-containers on demand, and the console had to be built before the core
-existed. Everything here is computed from the container index, never from
-the clock or the host (the migration's pacing uses ``speed``, its data does not).
+Why: snapshot tests need byte-identical screens and benchmarks need 200
+containers on demand. Only the host is faked: the containers, CRIU (no
+probes, a scripted migration) and the clock; checks, rules (kinds,
+validation, compile, suggestions) and events are the core's own. Everything
+here is computed from the container index, never from the clock or the host
+(the migration's pacing uses ``speed``, its data does not).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from collections.abc import Callable, Sequence
 
+from ctconsole import feasibility, remap
+from ctconsole.commands.destinations import Destination, merge, ordered
 from ctconsole.errors import CtError, NotFound
+from ctconsole.feasibility.findings import Report
+from ctconsole.migrate import events as ev
 from ctconsole.model import (
     Container,
     Device,
@@ -26,28 +34,8 @@ from ctconsole.model import (
     SpecialFd,
     Tty,
 )
-from ctconsole.ui.backend import (
-    DEFAULT_PHASES,
-    LOCAL_HOST,
-    NEXT_STEPS,
-    Backend,
-    CriuOptions,
-    Done,
-    Finding,
-    Frozen,
-    HistoryEntry,
-    LogLine,
-    Metric,
-    MigrationHandle,
-    PhaseChanged,
-    Report,
-    RoundDone,
-    Rule,
-    Transfer,
-    UiEvent,
-    _fallback_explain,
-    _local_validate,
-)
+from ctconsole.remap import Rule
+from ctconsole.ui.backend import LOCAL_HOST, Backend, HistoryEntry, MigrationHandle, option_lines, rules_label
 
 RUNTIMES = ("libvirt-lxc", "lxc", "runc", "nspawn", "namespaces")
 FAKE_LOG = "/var/lib/ctconsole/migrations/0003/dump.log"
@@ -109,7 +97,7 @@ def make_container(i: int) -> Container:
                 holders=(FdRef(init, 4),),
                 external=_ext(
                     "connected to the host's syslog socket /dev/log",
-                    "unix-socket rule (ext_unix_sk)",
+                    "unix rule (connect on the destination)",
                     "systemd-journal[301]",
                 ),
             )
@@ -125,7 +113,7 @@ def make_container(i: int) -> Container:
                 holders=(FdRef(init, 0), FdRef(init, 1)),
                 external=_ext(
                     "the console's master end is held by the runtime outside",
-                    "tty rule (inherit_fd) or orphan_pts_master",
+                    "tty rule (a new PTY on the destination)",
                     f"libvirt_lxc[{3900 + i}]",
                 ),
             )
@@ -198,259 +186,229 @@ def make_container(i: int) -> Container:
 
 
 class FakeMigration:
-    """A scripted migration run in a thread; ``abort`` makes it roll back."""
+    """A scripted migration run in a thread, emitting the engine's own events; ``abort`` rolls it back.
 
-    def __init__(self, ref: str, dest: str, strategy: str, on_event: Callable[[UiEvent], None], speed: float):
-        self.ref, self.dest, self.strategy = ref, dest, strategy
+    Only the host is faked (no CRIU, a scaled clock): the events, their order
+    and their fields are what :mod:`ctconsole.migrate.engine` emits, so the
+    console's fold and views are tested on the real vocabulary. Pre-copy
+    rounds stream their pages (``copied``); the final images are ``linked``
+    on a ``netns:`` destination (shared filesystem) and ``streamed`` otherwise.
+    """
+
+    def __init__(
+        self,
+        backend: FakeBackend,
+        container: Container,
+        dest: str,
+        strategy: str,
+        on_event: Callable[[ev.Event], None],
+        fail_at: str = "",
+    ):
+        self.backend = backend
+        self.container = container
+        self.dest, self.strategy = dest, strategy
         self.on_event = on_event
-        self.speed = speed
+        self.fail_at = fail_at
         self._abort = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"fake-migrate-{ref}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"fake-migrate-{container.name}", daemon=True)
 
     def abort(self) -> None:
         self._abort.set()
 
     def _sleep(self, seconds: float) -> bool:
         """Wait (scaled by speed); True when aborted meanwhile."""
-        return self._abort.wait(seconds / self.speed if self.speed > 0 else 0)
+        speed = self.backend.speed
+        return self._abort.wait(seconds / speed if speed > 0 else 0)
+
+    def _stop(self, phase: str) -> bool:
+        return self._sleep(0.2) or self.fail_at == phase
 
     def _run(self) -> None:
         """begin, prepare, perform (pre-copy rounds, final dump, transfer), finish (restore), confirm."""
         emit = self.on_event
-        total = 512 * 1024 * 1024
-        sent = 0
-        rounds = 6 if self.strategy in ("auto", "pre-copy") else 1
-        emit(PhaseChanged("begin", DEFAULT_PHASES, f"{self.ref} -> {self.dest}"))
-        if self._sleep(0.2):
-            return self._rollback("begin")
-        emit(PhaseChanged("prepare", DEFAULT_PHASES, f"agent on {self.dest}: CRIU 4.2, same kernel"))
-        if self._sleep(0.2):
-            return self._rollback("prepare")
-        emit(PhaseChanged("perform", DEFAULT_PHASES, f"strategy {self.strategy}"))
+        name = self.container.name
+        rounds = 3 if self.strategy in ("auto", "pre-copy") else 0
+        emit(ev.PhaseChanged("begin", f"{name} -> {self.dest}"))
+        if self._stop("begin"):
+            return self._rollback()
+        emit(ev.PhaseChanged("prepare", f"agent on {self.dest}: CRIU 4.2, same kernel"))
+        if self._stop("prepare"):
+            return self._rollback()
+        emit(ev.PhaseChanged("perform", f"strategy {self.strategy}"))
         for r in range(1, rounds + 1):
-            pages = max(1000, 65536 >> r)
-            for step in range(10):
-                sent += pages * 4096 // 10
+            pages = 65536 >> r
+            total = pages * 4096
+            for step in range(1, 11):
                 rate = 200e6 + 50e6 * ((r * 10 + step) % 7)
-                eta = max(0.0, (total - sent) / rate)
-                emit(Transfer(sent, total, rate, eta))
+                done = total * step // 10
+                emit(ev.Transfer("copied", done, total, rate, (total - done) / rate, round=r))
                 if self._sleep(0.05):
-                    return self._rollback("perform")
-            emit(RoundDone(r, pages, pages * 4096))
-            emit(LogLine(f"round {r}: {pages} pages written"))
-        emit(LogLine("final dump: source frozen"))
-        if self._sleep(0.3):
-            return self._rollback("perform")
-        emit(Frozen(40.0))
-        emit(Transfer(total, total, 300e6, 0.0))
-        emit(PhaseChanged("finish", DEFAULT_PHASES, "restoring on the destination"))
-        if self._sleep(0.3):
-            return self._rollback("finish")
-        emit(Metric("restore_ms", 95.0))
-        emit(Metric("downtime_ms", 180.0))
-        emit(PhaseChanged("confirm", DEFAULT_PHASES, "destination reports the container running"))
-        emit(Done("migrated", f"{self.ref} now runs on {self.dest}", 180.0, FAKE_LOG, NEXT_STEPS["migrated"]))
+                    return self._rollback()
+            emit(ev.RoundProgress(r, pages * 2, pages, pages))
+        emit(ev.LogLine("info", "final dump: source frozen"))
+        if self._stop("perform"):
+            return self._rollback()
+        emit(ev.FinalDump(rounds, 4096, 1024, 3072))
+        emit(ev.FrozenTime(0.040))
+        images = 6 * 1024 * 1024
+        if self.dest.startswith("netns:"):
+            emit(ev.Transfer("linked", images, images))
+        else:
+            for step in range(1, 5):
+                emit(ev.Transfer("streamed", images * step // 4, images, 120e6, (4 - step) * 0.01))
+        emit(ev.PhaseChanged("restore", "restoring on the destination"))
+        if self._stop("restore"):
+            return self._rollback()
+        emit(ev.RestoreTime(0.095))
+        emit(ev.PhaseChanged("finish", f"restored pid {self.container.init_pid + 7} on {self.dest}"))
+        emit(ev.PhaseChanged("confirm"))
+        emit(ev.Downtime(0.180))
+        self.backend.moved(self.container, self.dest)
+        emit(
+            ev.Done(
+                "migrated",
+                f"{name} now runs on {self.dest} as pid {self.container.init_pid + 7}",
+                source="released",
+                downtime=0.180,
+                frozen=0.040,
+                restored_pid=self.container.init_pid + 7,
+                journal=FAKE_LOG,
+            )
+        )
         return None
 
-    def _rollback(self, phase: str) -> None:
-        self.on_event(PhaseChanged("rollback", (), "aborted by the operator"))
+    def _rollback(self) -> None:
+        why = "aborted by the operator" if self._abort.is_set() else "CRIU restore failed on the destination"
+        self.on_event(ev.PhaseChanged("rollback", why))
         self.on_event(
-            Done(
+            ev.Done(
                 "rolled-back",
-                f"aborted during {phase}; {self.ref} was resumed on the source",
-                None,
-                FAKE_LOG,
-                NEXT_STEPS["rolled-back"],
+                f"rolled back: {why}; the source is running",
+                source="running",
+                errors=() if self._abort.is_set() else (RESTORE_ERROR,),
+                journal=FAKE_LOG,
             )
         )
 
 
+FAKE_RULES = "/etc/ctconsole/rules.toml"
+RESTORE_ERROR = "(00.004100) Error (criu/cr-restore.c:2204): Restoring FAILED."
+
+
 class FakeBackend(Backend):
-    """Deterministic data; ``speed`` scales the fake migration's pacing (tests use a large one)."""
+    """Fakes the host (containers, CRIU, rules files, the clock); the core does the rest.
+
+    Checks are the real feasibility checks without host probes
+    (``hosts=False``: no CRIU here), over fake containers and the rules compiled by
+    the real remap; ``speed`` scales the fake migration's pacing (tests use a large one).
+    """
 
     name = "fake"
 
-    def __init__(self, n_containers: int = 12, speed: float = 1.0, real_explain: bool = False) -> None:
-        """``real_explain``: use ctconsole.criu.errors for log explanations (demo) instead of
-        the built-in fallback texts (tests and snapshots, which must not change with that module)."""
-        self.containers = [make_container(i) for i in range(n_containers)]
+    def __init__(self, n_containers: int = 12, speed: float = 1.0) -> None:
+        local = [make_container(i) for i in range(n_containers)]
+        self.placed: dict[str, list[Container]] = {LOCAL_HOST: local}
         self.speed = speed
-        self.rules: dict[str, list[Rule]] = (
-            {self.containers[0].id: [Rule("unix-socket", {"inode": "70001", "path": "/dev/log"})]}
-            if self.containers
-            else {}
-        )
-        self.saved: dict[str, list[Rule]] = {}
+        # what the operator saved, per rules file and container id
+        self.files: dict[str, dict[str, list[Rule]]] = {FAKE_RULES: {}}
+        if local:
+            self.files[FAKE_RULES][local[0].id] = [
+                remap.rule_from_form({"kind": "mount", "mountpoint": "/proc/meminfo", "path": "/proc/meminfo"})
+            ]
         self.migrations: list[FakeMigration] = []
+        self.fail_at = ""  # tests: the phase in which the next migration fails (rolls back)
         self.calls: list[str] = []  # what the console asked, for tests
-        self.real_explain = real_explain
+        self._lock = threading.Lock()
 
-    def explain(self, line: str) -> str | None:
-        return super().explain(line) if self.real_explain else _fallback_explain(line)
-
-    def hosts(self, requested: Sequence[str]) -> list[str]:
-        return [LOCAL_HOST, *[h for h in requested if h != LOCAL_HOST]]
-
+    # ------------------------------------------------------------------ host
     def list_containers(self, host: str = LOCAL_HOST) -> list[Container]:
         self.calls.append(f"list:{host}")
-        if host == LOCAL_HOST:
-            return list(self.containers)
-        # another host: a couple of containers of its own
-        return [make_container(i + 50) for i in range(2)]
+        with self._lock:
+            if host not in self.placed:
+                # another host: a couple of containers of its own
+                self.placed[host] = [
+                    dataclasses.replace(c, id=f"{c.id}@{host}") for c in (make_container(i + 50) for i in range(2))
+                ]
+            return list(self.placed[host])
 
     def container_detail(self, ref: str, host: str = LOCAL_HOST) -> Container:
-        for c in [*self.containers, *(make_container(i + 50) for i in range(2))]:
+        for c in self.list_containers(host):
             if ref in (c.id, c.name):
                 return c
         raise NotFound(f"no container matches {ref!r}")
 
-    def check(
-        self, ref: str, dest: str | None = None, rules: Sequence[Rule] | None = None, host: str = LOCAL_HOST
-    ) -> Report:
-        self.calls.append(f"check:{ref}")
-        c = self.container_detail(ref)
-        rules = list(rules) if rules is not None else self.load_rules(c.id)
-        handled = {r.kind for r in rules}
-        findings: list[Finding] = []
-        kind_of = {"sockets": "unix-socket", "ttys": "tty", "mounts": "mount", "interfaces": "veth"}
-        for cat, item in c.externals():
-            ext = item.external
-            subject = getattr(item, "path", "") or getattr(item, "name", "") or getattr(item, "mountpoint", "")
-            if cat == "sockets":
-                subject = f"unix socket {item.inode} -> {item.peer_path}"
-            if cat == "mounts":
-                subject = item.mountpoint
-            kind = kind_of.get(cat, "")
-            if ext.remedy.startswith("none"):
-                sev = "blocker"
-            elif kind in handled:
-                sev = "info"
-            else:
-                sev = "error"
-            findings.append(Finding(f"external-{cat}", sev, subject, ext.reason, ext.remedy, kind))
-        findings.append(
-            Finding("tcp-established", "warning", "0.0.0.0:8080", "listening TCP socket", "tcp rule", "tcp")
-        )
-        findings.append(Finding("criu-version", "info", "criu", "CRIU 4.2 supports every feature needed", ""))
-        if any(f.severity == "blocker" for f in findings):
-            verdict = "blocked"
-        elif any(f.severity == "error" for f in findings):
-            verdict = "needs-rules"
-        else:
-            verdict = "ok"
-        return Report(c.id, verdict, tuple(findings), self.compile_rules(c.id, rules), verdict)
+    def moved(self, c: Container, dest: str) -> None:
+        """The fake host after a migration: gone from here, running on ``dest`` under a new id."""
+        self.list_containers(dest)
+        with self._lock:
+            self.placed[LOCAL_HOST] = [x for x in self.placed[LOCAL_HOST] if x.id != c.id]
+            new = dataclasses.replace(c, id=f"{c.runtime}/{c.name}@{dest}", init_pid=c.init_pid + 7)
+            self.placed[dest] = [*self.placed[dest], new]
 
-    def load_rules(self, ref: str) -> list[Rule]:
-        c = self.container_detail(ref)
-        return list(self.saved.get(c.id, self.rules.get(c.id, [])))
+    # ------------------------------------------------------------------ checks
+    def check(self, ref: str, dest: str | None = None, rules_file: str = "", host: str = LOCAL_HOST) -> Report:
+        self.calls.append(f"check:{ref}:{dest or ''}:{rules_file}")
+        c = self.container_detail(ref, host)
+        rules = self.files.get(rules_file, {}).get(c.id) if rules_file else None
+        compiled = self.compile_rules(c.id, rules, dest) if rules else None
+        return dataclasses.replace(feasibility.check(c, dest=dest, rules=compiled, hosts=False), elapsed=0.0)
 
-    def validate_rule(self, rule: Rule) -> list[str]:
-        problems = _local_validate(rule, self.rule_kinds())
-        v = rule.values
-        if rule.kind == "unix-socket" and v.get("inode") and not v["inode"].isdigit():
-            problems.append("Socket inode must be a number")
-        path = v.get("mountpoint") or v.get("path")
-        if rule.kind in ("mount", "tty", "file") and path and not path.startswith("/"):
-            problems.append("paths must be absolute")
-        if rule.kind == "tcp" and v.get("mode") not in (None, "", "established", "close"):
-            problems.append("mode must be established or close")
-        if rule.kind == "option" and v.get("phase") not in (None, "", "dump", "restore", "both"):
-            problems.append("phase must be dump, restore or both")
-        return problems
+    # ------------------------------------------------------------------ rules files
+    def default_rules_file(self) -> str:
+        return FAKE_RULES
 
-    def compile_rules(self, ref: str, rules: Sequence[Rule]) -> CriuOptions:
+    def load_rules(self, ref: str, rules_file: str) -> list[Rule]:
         c = self.container_detail(ref)
-        dump: dict[str, object] = {"pid": c.init_pid, "manage_cgroups_mode": "SOFT", "log_level": 4}
-        restore: dict[str, object] = {"manage_cgroups_mode": "SOFT", "log_level": 4, "root": c.root_path}
-        ext_d: list[str] = []
-        ext_r: list[str] = []
-        for r in rules:
-            bad = self.validate_rule(r)
-            if bad:
-                raise CtError(f"rule {r.kind} ({r.summary()}) does not compile", bad)
-            v = r.values
-            if r.kind == "unix-socket":
-                ext_d.append(f"unix[{v['inode']}]")
-            elif r.kind == "tty":
-                ext_d.append(f"tty[{v['path']}]")
-                restore.setdefault("inherit_fd", []).append(f"{v['key']}:{v['path']}")  # type: ignore[attr-defined]
-            elif r.kind == "mount":
-                ext_d.append(f"mnt[{v['mountpoint']}]:{v['key']}")
-                ext_r.append(f"mnt[{v['key']}]:{v.get('source') or v['mountpoint']}")
-            elif r.kind == "veth":
-                out = v["outside"] + (f"@{v['bridge']}" if v.get("bridge") else "")
-                ext_r.append(f"veth[{v['inside']}]:{out}")
-            elif r.kind in ("device", "file"):
-                ext_d.append(f"file[{v['path']}]:{v['key']}")
-                restore.setdefault("inherit_fd", []).append(f"{v['key']}:{v['path']}")  # type: ignore[attr-defined]
-            elif r.kind == "tcp":
-                dump["tcp_established"] = restore["tcp_established"] = v.get("mode", "established") != "close"
-                if v.get("mode") == "close":
-                    dump["tcp_close"] = True
-            elif r.kind == "option":
-                value: object = {"true": True, "false": False}.get(v["value"], v["value"])
-                if v.get("phase", "both") in ("dump", "both"):
-                    dump[v["name"]] = value
-                if v.get("phase", "both") in ("restore", "both"):
-                    restore[v["name"]] = value
-        if ext_d:
-            dump["external"] = ext_d
-        if ext_r:
-            restore["external"] = ext_r
-        return CriuOptions(dump, restore)
+        return list(self.files.get(rules_file, {}).get(c.id, []))
 
-    def save_rules(self, ref: str, rules: Sequence[Rule]) -> str:
+    def save_rules(self, ref: str, rules: Sequence[Rule], rules_file: str) -> str:
         c = self.container_detail(ref)
-        self.compile_rules(c.id, rules)
-        self.saved[c.id] = list(rules)
-        return f"/etc/ctconsole/rules/{c.name}.toml"
+        self.compile_rules(c.id, rules)  # as the real save: refuse what does not compile
+        path = rules_file or FAKE_RULES
+        self.files.setdefault(path, {})[c.id] = list(rules)
+        return path
 
-    def suggest_rules(self, ref: str, dest: str | None = None) -> list[Rule]:
-        c = self.container_detail(ref)
-        out: list[Rule] = []
-        for cat, item in c.externals():
-            if cat == "sockets":
-                out.append(Rule("unix-socket", {"inode": str(item.inode), "path": item.peer_path}))
-            elif cat == "ttys":
-                out.append(Rule("tty", {"path": item.path, "key": "console"}))
-            elif cat == "mounts":
-                key = item.mountpoint.strip("/").split("/")[-1]
-                out.append(Rule("mount", {"mountpoint": item.mountpoint, "key": key, "source": item.root}))
-            elif cat == "interfaces":
-                out.append(Rule("veth", {"inside": item.name, "outside": item.peer_ifname, "bridge": item.bridge}))
-        return out
+    # ------------------------------------------------------------------ migration
+    def destinations(self, hosts: Sequence[str]) -> list[Destination]:
+        now = time.time()  # shown as "2 h ago": the picture does not depend on the date
+        known = [
+            Destination("netns:ctlab-dst", "lab", "dst", True, now - 7250, "198.19.1.2"),
+            Destination("ssh://node2", "journal", "", False, now - 2 * 86400 - 60, "last: migrated"),
+            Destination("netns:ctlab-spare", "lab", "spare", True, 0.0, "198.19.2.2"),
+            Destination("ssh://db1", "ssh-config", "db1", None, 0.0, "10.0.0.21"),
+        ]
+        given = [Destination(h, "host", reachable=True) for h in hosts if h != LOCAL_HOST]
+        return ordered(merge([given, known]))
 
-    def preview_migration(self, ref: str, dest: str, strategy: str) -> list[str]:
+    def preview_migration(self, ref: str, dest: str, strategy: str, rules_file: str) -> list[str]:
         c = self.container_detail(ref)
-        opts = self.compile_rules(c.id, self.load_rules(c.id))
-        rounds = "up to 6 pre-copy rounds, then " if strategy in ("auto", "pre-copy") else ""
+        report = self.check(c.id, dest, rules_file)
+        rounds = "up to 3 pre-copy rounds, then " if strategy in ("auto", "pre-copy") else ""
         return [
             f"{c.name} ({c.runtime}, init {c.init_pid}) -> {dest}",
             f"strategy {strategy}: {rounds}freeze, dump, send, restore, confirm",
+            f"rules file: {rules_label(rules_file)}",
             "on failure before confirm: CRIU resumes the source (rollback)",
-            *opts.lines(),
+            *option_lines(report.dump_options, report.restore_options),
         ]
 
     def start_migration(
-        self,
-        ref: str,
-        dest: str,
-        strategy: str,
-        rules: Sequence[Rule] | None,
-        on_event: Callable[[UiEvent], None],
+        self, ref: str, dest: str, strategy: str, rules_file: str, on_event: Callable[[ev.Event], None]
     ) -> MigrationHandle:
-        self.calls.append(f"migrate:{ref}:{dest}:{strategy}")
+        self.calls.append(f"migrate:{ref}:{dest}:{strategy}:{rules_file}")
         c = self.container_detail(ref)
-        m = FakeMigration(c.name, dest, strategy, on_event, self.speed)
+        m = FakeMigration(self, c, dest, strategy, on_event, self.fail_at)
         self.migrations.append(m)
         m.thread.start()
         return m
 
     def history(self) -> list[HistoryEntry]:
         return [
-            HistoryEntry("0003", "web-1", "netns:dst", "pre-copy", "2026-11-25 17:02", "rolled-back", None, FAKE_LOG),
+            HistoryEntry(
+                "0003", "web-1", "netns:ctlab-dst", "pre-copy", "2026-11-25 17:02", "rolled-back", None, FAKE_LOG
+            ),
             HistoryEntry("0002", "db", "ssh://node2", "stop-copy", "2026-11-24 11:40", "migrated", 230.0, ""),
-            HistoryEntry("0001", "cache", "netns:dst", "post-copy", "2026-11-23 09:15", "failed", None, ""),
+            HistoryEntry("0001", "cache", "netns:ctlab-dst", "post-copy", "2026-11-23 09:15", "failed", None, ""),
         ]
 
     def read_log(self, path: str) -> list[str]:

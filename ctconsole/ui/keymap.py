@@ -33,7 +33,7 @@ class ActionSpec:
 
 ACTIONS: tuple[ActionSpec, ...] = (
     # app-wide
-    ActionSpec("app", "help", "question_mark,f1", "Help", "Show every key of every screen"),
+    ActionSpec("app", "help", "f1,question_mark", "Help", "Show every key of every screen"),
     ActionSpec("app", "command_palette", "ctrl+p", "Palette", "Search every action by name", show=False),
     ActionSpec("app", "cycle_theme", "ctrl+t", "Theme", "Switch to the next theme (remembered)", show=False),
     ActionSpec("app", "troubleshoot", "t", "Trouble", "Open troubleshooting: CRIU logs and history"),
@@ -58,9 +58,13 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("detail", "migrate", "m", "Migrate", "Migrate this container"),
     ActionSpec("detail", "back", "escape", "Back", "Back to the container list"),
     # feasibility report
-    ActionSpec("report", "fix", "f", "Fix rule", "Open the rules editor pre-filled for the selected finding"),
-    ActionSpec("report", "recheck", "c", "Re-check", "Run the check again"),
+    ActionSpec(
+        "report", "suggest", "e", "Rules", "Open the rules editor with every suggested rule for this destination"
+    ),
+    ActionSpec("report", "fix", "f", "Fix", "Open the rules editor pre-filled for the selected finding"),
+    ActionSpec("report", "recheck", "c", "Recheck", "Run the check again"),
     ActionSpec("report", "migrate", "m", "Migrate", "Migrate this container"),
+    ActionSpec("report", "rules_file", "ctrl+o", "File", "Choose the rules file in use (recent, default, none)"),
     ActionSpec("report", "back", "escape", "Back", "Back"),
     # rules editor
     ActionSpec("rules", "add", "a", "Add", "Add a rule"),
@@ -69,10 +73,12 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("rules", "delete", "d", "Delete", "Delete the selected rule (asks first)"),
     ActionSpec("rules", "save", "s", "Save", "Save the rules file"),
     ActionSpec("rules", "back", "escape", "Back", "Back (unsaved changes are kept until you leave)"),
-    # migration
-    ActionSpec("migrate", "preview", "p", "Preview", "Preview what the migration will do"),
+    # migration: the destination field has the focus, so no key here is a printable character
+    ActionSpec("migrate", "preview", "ctrl+r", "Preview", "Preview what the migration will do"),
     ActionSpec("migrate", "start", "ctrl+g", "Start", "Start the migration (asks for confirmation)"),
+    ActionSpec("migrate", "rules_file", "ctrl+o", "File", "Choose the rules file in use (recent, default, none)"),
     ActionSpec("migrate", "abort", "a", "Abort", "Abort the running migration (asks first)"),
+    ActionSpec("migrate", "follow", "enter", "Show it", "Show the migrated container on its new host"),
     ActionSpec("migrate", "open_log", "t", "Log", "Open this migration's CRIU log in troubleshooting"),
     ActionSpec("migrate", "back", "escape", "Back", "Back (only when no migration runs)"),
     # troubleshooting
@@ -128,6 +134,33 @@ def keymap_from_config(config: dict[str, Any], known: Iterable[str] | None = Non
         else:
             keymap[bid] = keys
     return keymap, warnings
+
+
+_SPECIAL = {
+    "escape", "enter", "tab", "backspace", "delete", "insert", "home", "end", "pageup", "pagedown",
+    "up", "down", "left", "right", "space",
+}
+
+
+def is_printable(key: str) -> bool:
+    """Whether a key types a character in a text field (``a``, ``slash``, ``question_mark``...).
+
+    Why: a binding on such a key cannot work while an input has the focus (the
+    input takes the character), so the screens switch it off (and out of the
+    footer) then; ctrl/alt/function keys and enter/escape always work.
+    """
+    key = key.strip()
+    if "+" in key or key in _SPECIAL:
+        return False
+    return not (key.startswith("f") and key[1:].isdigit())
+
+
+def typed_only(scope: str, action: str, keymap: dict[str, str]) -> bool:
+    """True when every key of ``scope.action`` (as remapped) is a printable character."""
+    spec = next((a for a in ACTIONS if a.scope == scope and a.action == action), None)
+    if spec is None:
+        return False
+    return all(is_printable(k) for k in keymap.get(spec.id, spec.key).split(","))
 
 
 def display_key(keys: str) -> str:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from textual.message import Message
 
+from ctconsole.commands.destinations import Destination
+from ctconsole.feasibility.findings import Report
 from ctconsole.model import Container
-from ctconsole.ui.backend import CriuOptions, HistoryEntry, MigrationState, Report
+from ctconsole.remap import Rule
+from ctconsole.ui.backend import HistoryEntry, MigrationState
 
 
 class ContainersLoaded(Message):
@@ -48,16 +51,16 @@ class ReportReady(Message):
 
 
 class RulesLoaded(Message):
-    def __init__(self, ref: str, rules: list) -> None:  # list[Rule]
+    def __init__(self, ref: str, rules: list[Rule]) -> None:
         super().__init__()
         self.ref = ref
         self.rules = rules
 
 
 class OptionsCompiled(Message):
-    """Preview of the compiled CRIU options (``error`` set when the rules do not compile)."""
+    """The compiled CRIU options as ``phase: key = value`` lines (``error`` set when the rules do not compile)."""
 
-    def __init__(self, generation: int, options: CriuOptions | None, error: BaseException | None = None) -> None:
+    def __init__(self, generation: int, options: list[str] | None, error: BaseException | None = None) -> None:
         super().__init__()
         self.generation = generation
         self.options = options
@@ -101,3 +104,11 @@ class HistoryLoaded(Message):
     def __init__(self, entries: list[HistoryEntry]) -> None:
         super().__init__()
         self.entries = entries
+
+
+class DestinationsLoaded(Message):
+    """The destinations the picker offers (lab hosts, --host, past ones, ssh config)."""
+
+    def __init__(self, destinations: list[Destination]) -> None:
+        super().__init__()
+        self.destinations = destinations

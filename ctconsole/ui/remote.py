@@ -19,15 +19,9 @@ import json
 import threading
 from typing import Any
 
+from ctconsole.agent.channel import AgentChannel, AgentError, ChannelError, Destination, parse_destination
+from ctconsole.agent.connect import connect
 from ctconsole.errors import CtError
-from ctconsole.migrate.channel import (
-    PROTOCOL_VERSION,
-    AgentChannel,
-    AgentError,
-    ChannelError,
-    Destination,
-    parse_destination,
-)
 from ctconsole.model import Container, from_dict
 from ctconsole.proto import agent_pb2
 
@@ -59,15 +53,7 @@ class RemoteHost:
         if self._ch is not None and self.connected:
             return self._ch
         self._drop()
-        ch = AgentChannel(self.dest)
-        try:
-            ch.start()
-            hello = ch.call("hello", agent_pb2.Hello(protocol=PROTOCOL_VERSION), timeout=HELLO_TIMEOUT)
-        except CtError as exc:
-            details = [exc.message, *exc.details, *[d for d in ch.stderr_tail() if d not in exc.details]]
-            ch.kill()
-            ch.close(timeout=2)
-            raise CtError(f"cannot reach the agent on {self.name}", _hint(self.dest, details)) from exc
+        ch, hello = connect(self.dest, timeout=HELLO_TIMEOUT)  # Unreachable (a CtError) names the host
         self.hostname = str(hello.hostname)
         self.connects += 1
         self._ch = ch
@@ -138,15 +124,3 @@ class RemoteHost:
             ch.should_abort = lambda: True
             ch.kill()
 
-
-def _hint(dest: Destination, details: list[str]) -> list[str]:
-    """What to try, by kind of destination (after the agent's own words)."""
-    if dest.kind == "netns":
-        return [*details, f"Does the namespace exist? `ip netns list` should show {dest.name}."]
-    if dest.kind == "ssh":
-        return [
-            *details,
-            "ssh runs with BatchMode=yes: a key must log in without a prompt.",
-            "ctconsole must be installed there (CTCONSOLE_REMOTE_CMD names the command).",
-        ]
-    return details

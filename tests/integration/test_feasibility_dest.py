@@ -93,7 +93,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 def test_netns_destination_reports_criu_and_is_feasible(destns: DestNs, counter: Any, env: dict[str, str],
                                                         criu_bin: str) -> None:
     rc, doc, err = check_cli([f"tree:{counter.pid}", "--to", destns.dest], env)
-    assert rc == 0 and doc["verdict"] == "feasible", (doc, err)
+    assert rc == 3 and doc["verdict"] == "no-known-blockers" and not doc["verified"], (doc, err)
     assert doc["dest"] == destns.dest
     d = doc["destination"]
     assert d["dest"] == destns.dest and d["reachable"] is True
@@ -140,7 +140,7 @@ def test_rules_resources_missing_on_destination_then_present(destns: DestNs, cou
     assert all(f["subject"] == subject for f in missing.values())
     assert bridge in missing["dest-bridge"]["message"] and "does not exist" in missing["dest-bridge"]["message"]
     assert str(sock) in missing["dest-socket"]["message"] and str(share) in missing["dest-path"]["message"]
-    assert doc["destination"]["checks"]["links"] == {bridge: "missing"}
+    assert doc["destination"]["checks"]["links"][bridge] == "missing"
 
     # a link of that name that is not a bridge does not do either
     sh("ip", "-n", destns.name, "link", "add", bridge, "type", "veth", "peer", "name", bridge + "p")
@@ -160,12 +160,74 @@ def test_rules_resources_missing_on_destination_then_present(destns: DestNs, cou
     finally:
         srv.close()
     assert not by_rule(doc, "dest-"), doc["findings"]
-    assert rc == 0 and doc["verdict"] == "feasible", (doc, err)
+    assert rc == 3 and doc["verdict"] == "no-known-blockers" and not doc["verified"], (doc, err)
     checks = doc["destination"]["checks"]
-    assert checks["links"] == {bridge: "bridge"}
+    assert checks["links"][bridge] == "bridge"
     assert checks["paths"][str(sock)] == "socket" and checks["paths"][str(share)] == "dir"
     # the bridge is only inside the destination namespace, not here
     assert not Path(f"/sys/class/net/{bridge}").exists()
+
+
+def test_destination_conflicts_found_before_the_freeze(destns: DestNs, env: dict[str, str], tmp_path: Path,
+                                                      criu_bin: str) -> None:
+    """Issue #11: the veth rule's host name already exists on the destination, and a port the
+    host-netns workload listens on is bound there: both are blockers of the check (exit 1), so
+    nothing is frozen; once they are gone the check is clean again."""
+    tag = uuid.uuid4().hex[:5]
+    host_if, ct_if, taken = f"ctth{tag}", f"cttc{tag}", f"cttx{tag}"
+    sleeper = subprocess.Popen(["unshare", "--net", "--", "sleep", "600"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    port = free_port()
+    listener = subprocess.Popen(
+        ["python3", "-S", "-c", "import socket,time,sys; s=socket.socket(); "
+         "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', int(sys.argv[1]))); "
+         "s.listen(); time.sleep(600)", str(port)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    squatter = None
+    try:
+        time.sleep(0.3)
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ct_if, "netns", str(sleeper.pid))
+        sh("ip", "link", "set", host_if, "up")
+        rules = tmp_path / "rules.toml"
+        rules.write_text('version = 1\n[[container]]\nmatch = { name = "*" }\n'
+                         f'[[container.rule]]\nkind = "veth"\ninterface = "{ct_if}"\nhost_name = "{taken}"\n')
+        args = [f"tree:{sleeper.pid}", "--to", destns.dest, "--rules", str(rules)]
+        rc, doc, err = check_cli(args, env)
+        assert not by_rule(doc, "dest-veth-name"), (doc, err)
+        sh("ip", "-n", destns.name, "link", "add", taken, "type", "veth", "peer", "name", taken + "p")
+        rc, doc, err = check_cli(args, env)
+        assert rc == 1 and doc["verdict"] == "infeasible", (doc, err)
+        (f,) = by_rule(doc, "dest-veth-name")
+        assert f["severity"] == "blocker" and taken in f["message"], f
+        sh("ip", "-n", destns.name, "link", "del", taken)
+        rc, doc, err = check_cli(args, env)
+        assert not by_rule(doc, "dest-veth-name") and rc == 3, (doc, err)
+
+        # a listener in the host netns: its port taken in the destination's netns
+        largs = [f"tree:{listener.pid}", "--to", destns.dest]
+        rc, doc, err = check_cli(largs, env)
+        assert not by_rule(doc, "dest-port-busy"), (doc, err)
+        squatter = subprocess.Popen(
+            ["ip", "netns", "exec", destns.name, "python3", "-S", "-c",
+             "import socket,time,sys; s=socket.socket(); s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(); "
+             "time.sleep(600)", str(port)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            if f":{port:04X} 00000000:0000 0A" in sh("ip", "netns", "exec", destns.name, "cat", "/proc/net/tcp").stdout:
+                break
+            time.sleep(0.05)
+        rc, doc, err = check_cli(largs, env)
+        assert rc == 1, (doc, err)
+        (f,) = by_rule(doc, "dest-port-busy")
+        assert str(port) in f["message"] and f["severity"] == "blocker", f
+        assert doc["destination"]["checks"]["conflicts"]["busy_ports"] == [["tcp", "0.0.0.0", port]]
+    finally:
+        for proc in (sleeper, listener, squatter):
+            if proc is not None:
+                kill_pid(proc.pid)
+                proc.wait(timeout=10)
+        sh("ip", "link", "del", host_if, check=False)
 
 
 def test_nonexistent_netns_is_a_clear_infeasible(needs_root: None, counter: Any, env: dict[str, str]) -> None:
@@ -212,7 +274,7 @@ def sshd_loopback(tmp_path: Path, needs_root: None) -> Iterator[LoopbackSsh]:
 
 def test_ssh_destination(sshd_loopback: LoopbackSsh, counter: Any, criu_bin: str, tmp_path: Path) -> None:
     rc, doc, err = check_cli([f"tree:{counter.pid}", "--to", sshd_loopback.dest], sshd_loopback.env)
-    assert rc == 0 and doc["verdict"] == "feasible", (doc, err)
+    assert rc == 3 and doc["verdict"] == "no-known-blockers" and not doc["verified"], (doc, err)
     d = doc["destination"]
     assert d["reachable"] is True and d["dest"] == sshd_loopback.dest
     assert d["version"] == local_criu_version(criu_bin)

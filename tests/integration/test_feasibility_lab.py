@@ -47,3 +47,27 @@ def test_lab_containers_trial_agrees_with_static(lab: Any, needs_criu: str) -> N
         lab_fixtures.wait_ticks(lc.name, 2)
         if c.has_own("net"):
             assert _iptables(c.init_pid) == before, f"{lc.name}: the trial changed iptables"
+
+
+def test_check_to_a_lab_host_previews_the_storage(lab: Any, needs_criu: str) -> None:
+    """``check --to`` asks the destination (a dry-run ``carry``: nothing created) where the container's
+    root would go: on a netns host of this machine the same directory is already there."""
+    import json
+    import os
+
+    from ctconsole import lab as labmod
+    from tests.support_hosts import CTCONSOLE, ROOT
+
+    ns = next(lc for lc in _running(lab) if lc.name == "ctlab-ns")
+    host = labmod.host_add("ckstore")
+    try:
+        p = subprocess.run([*CTCONSOLE, "check", f"pid:{ns.init_pid}", "--to", host.dest, "--json"],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ))
+    finally:
+        labmod.host_del("ckstore")
+    doc = json.loads(p.stdout)
+    st = doc["destination"]["storage"]
+    assert st["problems"] == [] and st["free_bytes"] > 0, st
+    assert any("already on the destination" in line for line in st["summary"]), st
+    assert [f for f in doc["findings"] if f["rule"] == "dest-storage" and f["severity"] == "info"]
+    lab_fixtures.wait_ticks(ns.name, 2)  # nothing was frozen

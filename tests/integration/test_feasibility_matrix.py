@@ -4,7 +4,8 @@ Each row starts a real workload holding one kind of resource, runs
 ``feasibility.check`` on it, then REALLY dumps and restores it with CRIU using
 exactly the options the report proposes:
 
-- ``feasible``   => the dump and the restore succeed and the counter keeps going;
+- ``no-known-blockers`` (the static verdict; ``feasible`` once a trial dump
+  confirmed it) => the dump and the restore succeed and the counter keeps going;
 - ``infeasible`` => CRIU refuses the dump (a leave-running one: the workload is
   unharmed and keeps counting);
 - ``needs-rules`` => with the options ctconsole derives alone the restore does
@@ -195,7 +196,7 @@ def workload(*a: Any, **kw: Any) -> Iterator[Running]:
 def test_feasible_plain_resources(tmp: Path, kind: str) -> None:
     with workload(tmp, kind) as w:
         report = check(w.pid)
-        assert report.verdict == "feasible", report.to_dict()
+        assert report.verdict == "no-known-blockers", report.to_dict()
         assert not rules_of(report) - {"session"}
         dump_restore(w, report, tmp)
 
@@ -208,7 +209,7 @@ def test_unix_dgram_named_external_peer(tmp: Path) -> None:
         w.keep.append(peer)
         report = check(w.pid)
         assert "unix-dgram-external" in rules_of(report)
-        assert report.verdict == "feasible"
+        assert report.verdict == "no-known-blockers"
         assert report.options["dump"].get("ext_unix_sk") is True
         dump_restore(w, report, tmp)
 
@@ -242,7 +243,7 @@ def test_tcp_established_loopback(tmp: Path) -> None:
         w.keep.extend([srv, conn])
         report = check(w.pid)
         assert "tcp-established" in rules_of(report)
-        assert report.verdict == "feasible"
+        assert report.verdict == "no-known-blockers"
         assert report.options["dump"].get("tcp_established") is True
         dump_restore(w, report, tmp)
         # the connection survived: the server end still talks to the restored workload
@@ -261,7 +262,7 @@ def test_tcp_close_by_rule(tmp: Path) -> None:
         conn, _ = srv.accept()
         w.keep.extend([srv, conn])
         report = check(w.pid, rules=str(rules))
-        assert report.verdict == "feasible", report.to_dict()
+        assert report.verdict == "no-known-blockers", report.to_dict()
         assert report.options["dump"].get("tcp_close") and "tcp_established" not in report.options["dump"]
         dump_restore(w, report, tmp)
         conn.settimeout(5)
@@ -272,7 +273,7 @@ def test_file_lock(tmp: Path) -> None:
     with workload(tmp, "flock", str(tmp / "lockfile")) as w:
         report = check(w.pid)
         assert "file-lock" in rules_of(report)
-        assert report.verdict == "feasible"
+        assert report.verdict == "no-known-blockers"
         assert report.options["dump"].get("file_locks") is True
         dump_restore(w, report, tmp)
 
@@ -281,7 +282,7 @@ def test_file_lock(tmp: Path) -> None:
 def test_deleted_file(tmp: Path, size: int) -> None:
     with workload(tmp, "deleted", f"{tmp / 'gone'}:{size}") as w:
         report = check(w.pid)
-        assert report.verdict == "feasible", report.to_dict()
+        assert report.verdict == "no-known-blockers", report.to_dict()
         if size > 1 << 20:
             assert report.options["dump"].get("ghost_limit", 0) >= size
         dump_restore(w, report, tmp)
@@ -316,7 +317,7 @@ def test_unix_stream_external_peer(tmp: Path) -> None:
             f'  [[container.rule]]\n  kind = "unix"\n  inode = {ino}\n  connect = "{path}"\n'
         )
         with_rules = check(w.pid, rules=str(rules))
-        assert with_rules.verdict == "feasible", with_rules.to_dict()
+        assert with_rules.verdict == "no-known-blockers", with_rules.to_dict()
 
         # ctconsole's own options dump fine, but restore without the inherited socket fails
         dump_restore(w, report, tmp, expect_restore_ok=False)
@@ -373,7 +374,7 @@ def test_veth_in_private_netns(tmp: Path) -> None:
                 f'  [[container.rule]]\n  kind = "veth"\n  interface = "{ct_if}"\n  host_name = "{host_if}"\n'
             )
             ok = check(w.pid, rules=str(rules))
-            assert ok.verdict == "feasible", ok.to_dict()
+            assert ok.verdict == "no-known-blockers", ok.to_dict()
             # the old netns (and with it the host end) is torn down asynchronously after the dump
             dump_restore(w, ok, tmp, before_restore=lambda: _wait_no_link(host_if))
             assert Path(f"/sys/class/net/{host_if}").exists(), "CRIU should recreate the host end"

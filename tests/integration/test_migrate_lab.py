@@ -47,7 +47,7 @@ def test_lab_ns_container_to_lab_host(tmp_path: Path, labhost: Any) -> None:
     env = ctenv(tmp_path)
     assert c.init is not None
     rc, events, err = run_cli(["migrate", "ctlab-ns", "--to", f"netns:{labhost.netns}", "--rules", str(rules),
-                               "--source-netns", labhost.src_netns, "--probe", "ip link show eth0",
+                               "--source-netns", labhost.src_netns, "--probe", "link:eth0",
                                "--json"], env)
     assert events and events[-1]["result"] == "migrated", (events[-1:], err[-2000:])
     assert rc == 0
@@ -127,9 +127,9 @@ def test_lab_libvirt_lxc_with_console(tmp_path: Path, labhost2: Any) -> None:
 
 
 def _proc_alive(pid: int, started: int = 0) -> bool:
-    from ctconsole.migrate.agent import proc_state, start_time
+    from ctconsole import process
 
-    return proc_state(pid) not in ("", "Z", "X") and (not started or start_time(pid) == started)
+    return process.alive(pid, started)
 
 
 def _ppid(pid: int) -> int:
@@ -138,7 +138,7 @@ def _ppid(pid: int) -> int:
 
 def _migrate_runtime(name: str, tmp_path: Path, host: Any, extra_rules: str = "") -> tuple[Any, Any, dict[str, Any]]:
     """Migrate a lab container to ``host``; check what every runtime must give (see the asserts)."""
-    from ctconsole.migrate.agent import start_time
+    from ctconsole.process import start_time
 
     c = fresh(name)
     wait_ticks(c, 3)
@@ -206,3 +206,65 @@ def test_lab_runc_container_to_lab_host(tmp_path: Path, labhost2: Any) -> None:
     assert "ctmig-stdout" in log.read_text()
     wait_ticks(c2, 10)
     assert_continuous(read_counter(c2))
+
+
+SUGGEST_HOST = "ctsugto"
+
+
+@pytest.fixture
+def suggest_host(lab: Any) -> Iterator[str]:
+    """A lab host made the documented way (``ctconsole lab host add``); the DEST string for ``--to``."""
+    out = subprocess.run([*CTCONSOLE, "lab", "host", "add", SUGGEST_HOST], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    try:
+        yield f"netns:ctlab-{SUGGEST_HOST}"
+    finally:
+        fresh("ctlab-lxc")  # bring the container back to the real host before the host netns goes
+        subprocess.run([*CTCONSOLE, "lab", "host", "del", SUGGEST_HOST], capture_output=True, cwd=ROOT,
+                       timeout=120, check=False)
+
+
+def test_documented_suggest_to_then_migrate_to(tmp_path: Path, suggest_host: str) -> None:
+    """The README's flow, verbatim: ``rules suggest REF --to DEST > r.toml; migrate REF --to DEST --rules r.toml``.
+
+    ``suggest --to`` writes ``to = "DEST"`` into the rules' match; the engine
+    used to check them against "local" (its check had no destination, then it
+    compiled the rules a second time) and refused with "needs remap rules".
+    ctlab-lxc needs one rule (its veth: needs-rules without it). Run as an
+    operator would: one environment (the lab's state dir) for all three
+    commands, and no ``--source-netns`` (the CLI asks the lab).
+    """
+    from ctconsole.commands.migrate import source_netns_for
+    from ctconsole.lab import hosts
+    from ctconsole.process import alive, start_time
+
+    host = next(h for h in hosts.list_hosts() if h.name == SUGGEST_HOST)
+    assert source_netns_for(suggest_host) == host.src_netns != ""
+    c = fresh("ctlab-lxc")
+    wait_ticks(c, 3)
+    assert c.init is not None
+    src_pid, src_start = c.init.pid, start_time(c.init.pid)
+    sug = subprocess.run([*CTCONSOLE, "rules", "suggest", "ctlab-lxc", "--to", suggest_host], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert sug.returncode == 0, sug.stderr[-2000:]
+    assert f'to = "{suggest_host}"' in sug.stdout, sug.stdout[:2000]
+    rules = tmp_path / "r.toml"
+    rules.write_text(sug.stdout)
+    before = read_counter(c)[-1]
+    p = subprocess.run([*CTCONSOLE, "migrate", "ctlab-lxc", "--to", suggest_host, "--rules", str(rules), "--json"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    events = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+    assert events and events[-1]["result"] == "migrated", (events[-1:], p.stderr[-2000:])
+    assert p.returncode == 0
+    # the source is gone (not merely stopped), the copy runs on the destination and counts on
+    assert not alive(src_pid, src_start)
+    c2 = container("ctlab-lxc")
+    assert c2.init is not None and c2.init.pid == events[-1]["details"]["restored_pid"] != src_pid
+    wait_ticks(c2, 5)
+    ticks = read_counter(c2)
+    assert_continuous(ticks)
+    assert ticks[-1] > before + 4
+    link = subprocess.run(["ip", "-n", f"ctlab-{SUGGEST_HOST}", "-o", "link", "show", "master", "ctlab0"],
+                          capture_output=True, text=True).stdout
+    assert "vctlab-lxc" in link, link  # its veth peer now sits on the destination's bridge

@@ -145,8 +145,9 @@ def test_agent_round_page_servers_with_real_criu(tmp_path: Path, criu_bin: str,
     import time
 
     from ctconsole.criu.client import CriuClient, CriuError
-    from ctconsole.migrate.agent import proc_state
-    from ctconsole.migrate.engine import precopy_round_dir, precopy_round_opts
+    from ctconsole.migrate import transport
+    from ctconsole.migrate.precopy import precopy_round_dir, precopy_round_opts
+    from ctconsole.process import state as proc_state
     from ctconsole.proto import agent_pb2
     from tests.support import spawn_counter
     from tests.unit.test_agent import Conn
@@ -154,6 +155,7 @@ def test_agent_round_page_servers_with_real_criu(tmp_path: Path, criu_bin: str,
     w = spawn_counter(tmp_path, name=f"ctr-{uuid.uuid4().hex[:6]}")
     conn = Conn(tmp_path, monkeypatch)
     client = CriuClient(timeout=60)
+    link: transport.PageLink | None = None
     try:
         d = Path(conn.call("prepare", agent_pb2.PrepareRequest(migration_id="pc1")).prepare.images_dir)
         src = tmp_path / "src"
@@ -163,22 +165,28 @@ def test_agent_round_page_servers_with_real_criu(tmp_path: Path, criu_bin: str,
                                                           page_server_address="127.0.0.1"))
             assert r.WhichOneof("body") == "round", r
             assert Path(r.round.images_dir) == precopy_round_dir(d, k)
-            servers.append(r.round.page_server_pid)
+            # one page channel for every round: round 1 names the socket, later rounds reuse it
+            assert bool(r.round.page_socket) == (k == 1)
+            if k == 1:
+                link = transport.open_page_link(r.round.page_socket)
+            assert link is not None
             local = precopy_round_dir(src, k)
             local.mkdir(parents=True)
-            opts = precopy_round_opts({"pid": w.pid, "leave_running": True}, k,
-                                      {"address": "127.0.0.1", "port": r.round.page_server_port})
+            opts = precopy_round_opts({"pid": w.pid, "leave_running": True}, k, {"fd": link.fd})
             del opts["track_mem"]  # refused here; without it CRIU writes every page
             if k == 1:
-                client.dump(opts, local)
+                client.dump(opts, local, ps_fd=link.fd)
+                assert conn.agent.pages is not None
+                servers.append(conn.agent.pages.pid)
                 continue
+            servers.append(r.round.page_server_pid)
             # round 1's server was waited for before round 2's started: its pages are on disk
             assert proc_state(servers[0]) == ""
             names = {p.name for p in precopy_round_dir(d, 1).iterdir()}
             assert any(n.startswith("pages-") for n in names) and any(n.startswith("pagemap-") for n in names)
             assert os.readlink(precopy_round_dir(d, 2) / "parent") == "../1"
             with pytest.raises(CriuError) as ei:
-                client.dump(opts, local)
+                client.dump(opts, local, ps_fd=link.fd)
             assert any("Pid-reuse detection failed" in e for e in ei.value.log_errors), ei.value.log_errors
         r = conn.call("abort", agent_pb2.AbortRequest())
         assert r.WhichOneof("body") == "abort", r
@@ -191,5 +199,7 @@ def test_agent_round_page_servers_with_real_criu(tmp_path: Path, criu_bin: str,
         assert pids_running(str(w.counter_file)) == [w.pid]
         assert_continuous(w.ticks())
     finally:
+        if link is not None:
+            link.close()
         conn.close()
         w.kill()

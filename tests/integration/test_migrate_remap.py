@@ -272,7 +272,7 @@ def test_vf_pool_moves_a_free_link_into_the_restored_netns(tmp_path: Path, plain
     rules.write_text(VF_RULES.format(pf=pf))
     env = ctenv(tmp_path, CTCONSOLE_SYSFS_ROOT=str(sysfs))
     rc, events, err = run_cli(["migrate", f"tree:{plainct.init_pid}", "--to", nshost.dest, "--rules", str(rules),
-                               "--probe", "ip link show data0", "--json"], env)
+                               "--probe", "link:data0", "--json"], env)
     assert events and events[-1]["result"] == "migrated", (events[-1:], err[-3000:])
     assert rc == 0
     opts = next(r for r in journal_records(tmp_path) if r.get("kind") == "options")

@@ -40,9 +40,9 @@ def test_ssh_container_with_page_server_forward(sshhost: SshHost, nsct: NsContai
     rules = veth_rules(tmp_path, sshhost.host.bridge, "cttr" + uuid.uuid4().hex[:6])
     _rc, events, err = run_cli(["migrate", f"tree:{nsct.init_pid}", "--to", sshhost.dest, "--rules", str(rules),
                                "--json"], sshhost.env)
-    assert events and events[-1]["result"] == "migrated", (events[-1:], err)
+    assert events and events[-1]["result"] == "migrated", (events[-1].get("message"), err)
     assert events[-1]["details"]["mode"] == "handover"
-    assert any("forwarded from 127.0.0.1" in e.get("text", "") for e in events), "page server not forwarded"
+    assert any("through the SSH connection" in e.get("text", "") for e in events), "pages not sent over ssh"
     nsct.wait_ticks(5)
     assert len(container_inits(nsct)) == 1
     assert_continuous(nsct.ticks())
@@ -50,8 +50,7 @@ def test_ssh_container_with_page_server_forward(sshhost: SshHost, nsct: NsContai
 
 def test_ssh_reverse_forward_for_post_copy(sshhost: SshHost, monkeypatch: pytest.MonkeyPatch) -> None:
     """Post-copy's lazy-pages daemon on the far side reaches our page server through ssh -R on loopback."""
-    from ctconsole.migrate.channel import PROTOCOL_VERSION, AgentChannel, parse_destination
-    from ctconsole.proto import agent_pb2
+    from ctconsole.agent.connect import connect
 
     for k, v in sshhost.env.items():
         if k.startswith("CTCONSOLE_"):
@@ -60,10 +59,8 @@ def test_ssh_reverse_forward_for_post_copy(sshhost: SshHost, monkeypatch: pytest
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
     srv.settimeout(10)
-    ch = AgentChannel(parse_destination(sshhost.dest))
-    ch.start()
+    ch, _hello = connect(sshhost.dest)
     try:
-        ch.call("hello", agent_pb2.Hello(protocol=PROTOCOL_VERSION))
         rport = ch.reverse_forward(srv.getsockname()[1])
         assert rport > 0
         probe = subprocess.Popen(

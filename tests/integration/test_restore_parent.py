@@ -38,9 +38,9 @@ while True:
 
 
 def _state(pid: int) -> str:
-    from ctconsole.migrate.agent import proc_state
+    from ctconsole import process
 
-    return proc_state(pid)
+    return process.state(pid)
 
 
 def _count(path: Path) -> int:
@@ -59,8 +59,8 @@ def _wait(pred: Callable[[], bool], timeout: float) -> bool:
 
 def test_pdeathsig_needs_a_living_parent(tmp_path: Path, criu_bin: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from ctconsole.criu.images import root_pdeath_sig
-    from ctconsole.migrate.engine import _wait_gone
     from ctconsole.migrate.keeper import list_keepers, restore_with_parent
+    from ctconsole.process import wait_free
 
     monkeypatch.setenv("CTCONSOLE_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("CTCONSOLE_RUN_DIR", str(tmp_path / "run"))
@@ -86,7 +86,7 @@ def test_pdeathsig_needs_a_living_parent(tmp_path: Path, criu_bin: str, monkeypa
         assert r.returncode == 0, (img / "restore-d.log").read_text()[-2000:]
         assert "Root task has pdeath_sig configured" in (img / "restore-d.log").read_text()
         assert _wait(lambda: _state(pid) in ("", "Z"), 5), "the detached root survived its parent's exit"
-        _wait_gone(pid, 30)
+        assert wait_free(pid, 30)
         with counter.open("w") as f:  # whatever the doomed copy managed to write is not the test
             f.write("".join(f"{i}\n" for i in range(1, dumped + 1)))
 

@@ -1,4 +1,4 @@
-"""The UI-side adapters: engine events -> UI events -> state, themes, keymap, config."""
+"""The console's view state folded from the core's events and reports; themes, keymap, config."""
 
 from __future__ import annotations
 
@@ -6,20 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from ctconsole.feasibility.findings import AUTO, BLOCKER, INFO, NEEDS_RULE, CriuInfo, Finding, Report
+from ctconsole.migrate import events as ev
 from ctconsole.ui import keymap
-from ctconsole.ui.backend import (
-    DEFAULT_PHASES,
-    Done,
-    LogLine,
-    Metric,
-    MigrationState,
-    PhaseChanged,
-    RoundDone,
-    Transfer,
-    adapt_event,
-    fold,
-    normalise_verdict,
-)
+from ctconsole.ui.backend import MigrationState, fold, grouped, verdict_word
 from ctconsole.ui.fake import FakeBackend
 from ctconsole.ui.theming import (
     ThemeFileError,
@@ -32,72 +22,81 @@ from ctconsole.ui.theming import (
 )
 
 
-def test_adapts_the_engine_events() -> None:
-    ev = pytest.importorskip("ctconsole.migrate.events")
-    seq = [
+def test_folds_the_engine_events() -> None:
+    """The console folds the engine's own events: no adapter, no copies."""
+    seq: list[ev.Event] = [
         ev.PhaseChanged("begin", "web -> netns:dst"),
         ev.PhaseChanged("perform"),
         ev.RoundProgress(1, 1000, 800, 200),
-        ev.BytesSent(1 << 20, 4 << 20),
-        ev.Rate(2e6),
-        ev.Eta(1.5),
+        ev.Transfer("copied", 800 * 4096, 800 * 4096, 2e6, 0.0, round=1),
+        ev.FinalDump(1, 300, 100, 200),
         ev.FrozenTime(0.04),
+        ev.Transfer("streamed", 1 << 20, 4 << 20, 2e6, 1.5),
         ev.Downtime(0.2),
         ev.LogLine("error", "Error (criu/cr-dump.c:1): boom"),
         ev.PhaseChanged("done"),
-        ev.Done("migrated", "ok", {"id": "x"}),
+        ev.Done("migrated", "ok", {"id": "x"}, source="released"),
     ]
-    ui = [adapt_event(e) for e in seq]
-    assert None not in ui
-    assert isinstance(ui[2], RoundDone) and ui[2].pages == 800
-    assert isinstance(ui[3], Transfer) and ui[3].bytes_total == 4 << 20
-    assert ui[4] == Metric("rate", 2e6)
     state = MigrationState()
-    for u in ui:
-        assert u is not None
-        state = fold(state, u)
+    for e in seq:
+        state = fold(state, e)
     assert state.phase == "perform" and "done" not in state.phases
-    assert state.fraction == 0.25
-    assert state.rates == (2e6,) and state.eta == 1.5
-    assert state.frozen_ms == pytest.approx(40.0)
-    assert state.done is not None and state.done.downtime_ms == pytest.approx(200.0)
+    assert len(state.rounds) == 1 and state.final is not None and state.final.rounds == 1  # final dump: no round
+    assert state.fraction == 0.25 and state.transfer is not None and state.transfer.eta == 1.5
+    assert state.bytes_by_kind() == [("copied", 800 * 4096), ("streamed", 1 << 20)]
+    assert state.rates == (2e6, 2e6)
+    assert state.frozen == pytest.approx(0.04) and state.downtime == pytest.approx(0.2)
+    assert state.done is not None and state.done.migrated and state.done.source_survived is False
     assert any("ERROR: Error (criu" in ln for ln in state.log_tail)
     assert state.done_phases == ("begin", "perform")
 
 
-def test_adapts_dicts_and_unknowns() -> None:
-    assert adapt_event({"event": "phase_changed", "phase": "prepare"}) == PhaseChanged("prepare")
-    assert adapt_event({"event": "done", "result": "rolled_back", "message": "m"}).result == "rolled-back"
-    assert adapt_event(object()) is None
+def test_linked_transfer_is_whole_at_the_end() -> None:
+    """Images hard-linked on the destination: the bytes made available, 100 %, not "sent 0 B, 0 %"."""
+    s = fold(MigrationState(), ev.Transfer("linked", 6 << 20, 6 << 20))
+    assert s.fraction == 1.0 and s.bytes_by_kind() == [("linked", 6 << 20)]
+
+
+def test_done_says_whether_the_source_survived() -> None:
+    assert ev.Done("rolled-back", "m", source="running").source_survived is True
+    assert ev.Done("failed", "m", source="lost").source_survived is False
+    assert ev.Done("failed", "m").source_survived is None
+    assert ev.to_json(ev.Done("failed", "m", source="untouched"))["source"] == "untouched"
 
 
 def test_fold_rollback_and_log_tail() -> None:
     s = MigrationState()
-    s = fold(s, PhaseChanged("begin", DEFAULT_PHASES))
-    s = fold(s, PhaseChanged("rollback", (), "aborted"))
+    s = fold(s, ev.PhaseChanged("begin"))
+    s = fold(s, ev.PhaseChanged("rollback", "aborted"))
     assert s.phases[-1] == "rollback" and s.failed_phase == "begin" and "begin" not in s.done_phases
     for n in range(300):
-        s = fold(s, LogLine(f"l{n}"))
+        s = fold(s, ev.LogLine("info", f"l{n}"))
     assert len(s.log_tail) == 200 and s.log_count == 301 and s.log_tail[-1] == "l299"
-    s = fold(s, Done("rolled-back"))
-    assert s.done == Done("rolled-back") and "rollback" in s.done_phases
+    done = ev.Done("rolled-back", "m", source="running")
+    s = fold(s, done)
+    assert s.done == done and "rollback" in s.done_phases
 
 
 def test_sub_phases_go_after_the_phase_they_run_in() -> None:
     """The engine's transfer/restore came last on the real lab ("confirm, transfer, restore")."""
     s = MigrationState()
     for p in ("begin", "prepare", "perform", "transfer", "restore", "finish", "confirm"):
-        s = fold(s, PhaseChanged(p))
+        s = fold(s, ev.PhaseChanged(p))
     assert s.phases == ("begin", "prepare", "perform", "transfer", "restore", "finish", "confirm")
 
 
-def test_checker_severities_sort_before_info() -> None:
-    from ctconsole.ui.backend import Finding, Report
+def test_groups_worst_first_and_satisfied_apart() -> None:
+    fs = tuple(Finding("r", sev, "s", "m", "") for sev in (INFO, AUTO, NEEDS_RULE, BLOCKER))
+    fs += (Finding("ok", NEEDS_RULE, "s", "m", "", needs=("x",), satisfied=True),)
+    r = Report("c", "infeasible", fs, CriuInfo(), {})
+    assert [g for g, _ in grouped(r)] == ["blocker", "needs-rule", "satisfied", "auto", "info"]
 
-    r = Report(
-        "c", "needs-rules", tuple(Finding("r", sev, "s", "m") for sev in ("info", "auto", "needs-rule", "blocker"))
-    )
-    assert [sev for sev, _ in r.grouped()] == ["blocker", "needs-rule", "auto", "info"]
+
+def test_verdict_words_are_the_clis() -> None:
+    from ctconsole.commands.check import VERDICT_TEXT
+
+    for verdict, text in VERDICT_TEXT.items():
+        assert text.startswith(verdict_word(verdict)), verdict
 
 
 def test_model_round_trips_through_the_agent_json() -> None:
@@ -105,7 +104,7 @@ def test_model_round_trips_through_the_agent_json() -> None:
 
     from ctconsole.model import Container, from_dict, to_dict
 
-    for c in FakeBackend(n_containers=6).containers:
+    for c in FakeBackend(n_containers=6).list_containers():
         back = from_dict(Container, json.loads(json.dumps(to_dict(c))))
         assert back == c and len(back.externals()) == len(c.externals())
     # unknown keys (a newer agent) are ignored, missing ones take defaults (an older one)
@@ -122,22 +121,15 @@ def test_host_labels_fit_the_hosts_list() -> None:
     assert host_label("ssh://db1").plain == "db1\nssh"
 
 
-def test_prefill_strips_the_subject_words() -> None:
-    from ctconsole.ui.backend import Finding
-    from ctconsole.ui.screens.report import prefill_for
+def test_fake_uses_the_real_remap() -> None:
+    """The editor offers remap's own kinds and the fake's rules compile through remap."""
+    from ctconsole import remap
 
-    mount = Finding("bind-mount-external", "needs-rule", "mount /share", "m", rule_kind="mount")
-    assert prefill_for(mount)["mountpoint"] == "/share"
-    unix = Finding("u", "needs-rule", "socket socket:[2063507] (pid 19164 fd 3 (+1))", "m", rule_kind="unix")
-    assert prefill_for(unix)["inode"] == "2063507"
-    veth = Finding("veth-external", "needs-rule", "interface eth0", "m", rule_kind="veth")
-    assert prefill_for(veth)["interface"] == "eth0"
-
-
-def test_verdicts_normalised() -> None:
-    assert normalise_verdict("feasible") == "ok"
-    assert normalise_verdict("feasible-with-remedies") == "needs-rules"
-    assert normalise_verdict("infeasible") == "blocked"
+    fake = FakeBackend(3)
+    assert fake.rule_kinds() == remap.KINDS
+    assert fake.validate_rule(remap.rule_from_form({"kind": "veth", "interface": "eth 0", "host_name": "v"}))
+    opts = fake.compile_rules("web-1", fake.load_rules("web-1", fake.default_rules_file()))
+    assert "mnt[/proc/meminfo]:proc-meminfo" in opts.dump["external"]
 
 
 def test_fake_is_deterministic() -> None:

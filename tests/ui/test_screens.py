@@ -6,18 +6,19 @@ import threading
 import time
 from pathlib import Path
 
-from textual.widgets import DataTable, Input, OptionList, Static
+from textual.widgets import DataTable, Input, OptionList, Select, Static
 
+from ctconsole import remap
 from ctconsole.errors import CtError
+from ctconsole.feasibility.findings import Report
 from ctconsole.ui import keymap
 from ctconsole.ui.app import CtConsoleApp
-from ctconsole.ui.backend import Report
 from ctconsole.ui.commands import ActionsProvider
 from ctconsole.ui.fake import FakeBackend
 from ctconsole.ui.screens.containers import ContainersScreen
 from ctconsole.ui.screens.detail import DetailScreen
 from ctconsole.ui.screens.migrate import MigrateScreen
-from ctconsole.ui.screens.modals import ConfirmScreen, ErrorScreen, HelpScreen
+from ctconsole.ui.screens.modals import ConfirmScreen, ErrorScreen, HelpScreen, RulesFileScreen
 from ctconsole.ui.screens.report import ReportScreen
 from ctconsole.ui.screens.rules import RuleFormScreen, RulesScreen
 from ctconsole.ui.screens.troubleshoot import TroubleshootScreen
@@ -149,33 +150,79 @@ async def test_report_groups_and_fix_opens_prefilled_form(fake: FakeBackend, mak
         await pilot.press("c")
         await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen) and app.screen.report is not None)
         screen = app.screen
-        assert screen.report.verdict == "blocked"
+        assert screen.report.verdict == "infeasible"
+        assert "INFEASIBLE" in text_of(screen.query_one("#verdict", Static))  # the CLI's word
         table = screen.query_one("#findings", DataTable)
         first = [str(table.get_row_at(i)[1]) for i in range(table.row_count)]
-        assert first[0].startswith("BLOCKER") and any(x.startswith("ERROR") for x in first)
+        assert first[0].startswith("BLOCKER") and any(x.startswith("NEEDS-RULE") for x in first)
         assert "pid = 4301" in text_of(screen.query_one("#options", Static))
-        assert app.reports["runc/console-vm"].verdict == "blocked"
-        # move to the mount error and fix it
+        assert app.reports["runc/console-vm"].verdict == "infeasible"
+        # move to the mount finding and fix it: the form is the real remap mount kind, filled in
         while (f := screen.selected()) is None or f.rule_kind != "mount":
             await pilot.press("down")
         await pilot.press("f")
         await wait_for(pilot, lambda: isinstance(app.screen, RuleFormScreen))
         form = app.screen
         assert form.query_one("#field-mountpoint", Input).value == "/proc/meminfo"
+        assert form.query_one("#field-path", Input).value == "/proc/meminfo"  # the source's path
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: isinstance(app.screen, RulesScreen))
         assert app.screen.rules[-1].kind == "mount"
         await pilot.press("s")
-        await wait_for(pilot, lambda: "runc/console-vm" in fake.saved)
-        await pilot.press("escape")
-        # back on the report: it re-checks with the saved rule
+        # saving goes back to the verdict, re-checked with the saved rule: the finding is now satisfied
+        await wait_for(pilot, lambda: "runc/console-vm" in fake.files[fake.default_rules_file()])
         await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen))
-        await wait_for(pilot, lambda: fake.calls.count("check:runc/console-vm") >= 2)
+        await wait_for(pilot, lambda: sum(c.startswith("check:runc/console-vm") for c in fake.calls) >= 2)
+        await wait_for(pilot, lambda: any(f.satisfied for f in screen.report.findings))
+        rows = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+        assert "satisfied" in rows
         await pilot.press("escape")
         await pilot.pause()
-        # the badge shows in the list
+        # the badge shows in the list, in the CLI's word
         table = app.screen.query_one("#containers", DataTable)
-        assert "blocked" in str(table.get_cell("runc/console-vm", "check"))
+        assert "INFEASIBLE" in str(table.get_cell("runc/console-vm", "check"))
+
+
+async def test_satisfied_finding_shows_as_satisfied(fake: FakeBackend, make_app) -> None:
+    """web-1's lxcfs mount has a rule in the rules file: the report says so instead of asking for one."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, "web-1")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen) and app.screen.report is not None)
+        screen = app.screen
+        fuse = next(f for f in screen.report.findings if f.rule == "fuse-mount")
+        assert fuse.satisfied
+        table = screen.query_one("#findings", DataTable)
+        groups = [str(table.get_row_at(i)[1]) for i in range(table.row_count)]
+        assert "SATISFIED (1)" in groups
+        key = next(k for k, f in screen.rows.items() if f.rule == "fuse-mount")
+        table.move_cursor(row=table.get_row_index(key))
+        await pilot.pause()
+        assert "satisfied" in text_of(screen.query_one("#finding-detail", Static))
+        assert str(table.get_cell(key, "sev")) == "satisfied"
+
+
+async def test_needs_rules_one_key_opens_all_suggestions(fake: FakeBackend, make_app) -> None:
+    """From a needs-rules verdict, e opens the editor with every suggestion; saving returns re-checked."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, "cache")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen) and app.screen.report is not None)
+        report = app.screen
+        assert report.report.verdict == "needs-rules"
+        assert "e opens the editor" in text_of(report.query_one("#verdict", Static))
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, RulesScreen) and app.screen.loaded)
+        rules = app.screen
+        assert {r.kind for r in rules.rules} >= {"veth"} and rules.dirty
+        await pilot.press("s")
+        await wait_for(pilot, lambda: app.screen is report)
+        await wait_for(pilot, lambda: report.report.verdict == "no-known-blockers", timeout=5)
+        assert "NO KNOWN BLOCKERS" in text_of(report.query_one("#verdict", Static))
 
 
 async def test_rules_editor_add_validate_delete(fake: FakeBackend, make_app) -> None:
@@ -186,23 +233,24 @@ async def test_rules_editor_add_validate_delete(fake: FakeBackend, make_app) -> 
         await pilot.press("e")
         await wait_for(pilot, lambda: isinstance(app.screen, RulesScreen) and app.screen.loaded)
         screen = app.screen
-        assert len(screen.rules) == 1  # the fake's saved unix-socket rule
+        assert len(screen.rules) == 1  # the fake rules file's mount rule
+        assert "rules.toml" in str(screen.sub_title)
         await wait_for(pilot, lambda: "external" in text_of(screen.query_one("#preview", Static)))
         await pilot.press("a")
         await wait_for(pilot, lambda: isinstance(app.screen, RuleFormScreen))
         form = app.screen
-        # first kind is unix-socket; type a bad inode
-        await pilot.press("x", "y")
-        assert any("number" in p for p in form.problems)
-        assert form.query_one("#rule-ok").disabled
+        # the first kind is remap's own first kind (veth): a bad interface name is refused by remap
+        assert form.spec().name == remap.KINDS[0].name == "veth"
+        await pilot.press(*"eth 0")
+        assert form.problems and form.query_one("#rule-ok").disabled
         await pilot.press("ctrl+s")
         assert isinstance(app.screen, RuleFormScreen)  # refused
-        await pilot.press("backspace", "backspace", "4", "2", "tab", "/", "r", "u", "n")
+        await pilot.press("backspace", "backspace", "0", "tab", *"vweb1")
         assert form.problems == []
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: isinstance(app.screen, RulesScreen))
         assert len(screen.rules) == 2 and screen.dirty
-        await wait_for(pilot, lambda: "unix[42]" in text_of(screen.query_one("#preview", Static)))
+        await wait_for(pilot, lambda: "veth[eth0]:vweb1" in text_of(screen.query_one("#preview", Static)))
         await pilot.press("d")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
@@ -213,7 +261,63 @@ async def test_rules_editor_add_validate_delete(fake: FakeBackend, make_app) -> 
         await wait_for(pilot, lambda: isinstance(app.screen, ContainersScreen))
 
 
+async def test_add_rule_form_defaults_host_path_to_source(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, "web-1")
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, RulesScreen) and app.screen.loaded)
+        await pilot.press("a")
+        await wait_for(pilot, lambda: isinstance(app.screen, RuleFormScreen))
+        form = app.screen
+        form.query_one("#rule-kind", Select).value = "mount"
+        await wait_for(pilot, lambda: bool(form.query("#field-mountpoint")))
+        await pilot.press(*"/proc/meminfo")
+        assert form.query_one("#field-path", Input).value == "/proc/meminfo"
+        assert form.problems == []
+
+
 async def test_migration_runs_to_migrated(fake: FakeBackend, make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, "db")
+        await pilot.press("m")
+        await wait_for(pilot, lambda: isinstance(app.screen, MigrateScreen) and app.screen.destinations)
+        screen = app.screen
+        # the picker: known destinations, last used first; down fills the field
+        await pilot.press("down")
+        assert screen.dest() == "netns:ctlab-dst"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "netns:ctlab-dst" in text_of(screen.query_one("#mig-preview", Static)))
+        assert "rules file: /etc/ctconsole/rules.toml" in text_of(screen.query_one("#mig-preview", Static))
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: screen.finished, timeout=10)
+        done = screen.state.done
+        assert done is not None and done.migrated and done.source == "released"
+        outcome = text_of(screen.query_one("#outcome", Static))
+        assert "MIGRATED" in outcome and "runs only on the destination" in outcome
+        assert len(screen.state.rounds) == 3 and screen.state.final is not None  # the final dump is no round
+        assert screen.query_one("#bar").percentage == 1.0
+        stats = text_of(screen.query_one("#mig-stats", Static))
+        assert "linked 6.0 MiB  100%" in stats and "0 B" not in stats
+        assert any(c.startswith("migrate:lxc/db:netns:ctlab-dst") for c in fake.calls)
+        await pilot.press("t")
+        await wait_for(pilot, lambda: isinstance(app.screen, TroubleshootScreen))
+        await pilot.press("escape")
+        # enter: the list on the new host with the container selected; nothing stale behind it
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ContainersScreen))
+        lst = app.screen
+        await wait_for(pilot, lambda: lst.host == "netns:ctlab-dst" and lst.selected_id() == "lxc/db@netns:ctlab-dst")
+        assert not any(isinstance(s, MigrateScreen | ReportScreen | DetailScreen) for s in app.screen_stack)
+
+
+async def test_failed_migration_says_the_source_survived(fake: FakeBackend, make_app) -> None:
+    fake.fail_at = "restore"
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
@@ -221,20 +325,47 @@ async def test_migration_runs_to_migrated(fake: FakeBackend, make_app) -> None:
         await pilot.press("m")
         await wait_for(pilot, lambda: isinstance(app.screen, MigrateScreen))
         screen = app.screen
-        await pilot.press(*"netns:dst", "enter")
-        await wait_for(pilot, lambda: "netns:dst" in text_of(screen.query_one("#mig-preview", Static)))
-        await pilot.press("ctrl+g")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
-        await pilot.press("y")
+        await pilot.press(*"ssh://node9", "ctrl+g", "y")
         await wait_for(pilot, lambda: screen.finished, timeout=10)
-        assert screen.state.done.result == "migrated"
-        assert "MIGRATED" in text_of(screen.query_one("#outcome", Static))
-        assert len(screen.state.rounds) == 6
-        assert screen.query_one("#bar").percentage == 1.0
-        assert "lxc/db" in fake.calls[-1] or any(c.startswith("migrate:lxc/db") for c in fake.calls)
-        await pilot.press("t")
-        await wait_for(pilot, lambda: isinstance(app.screen, TroubleshootScreen))
-        await pilot.pause(0.1)
+        assert screen.state.done is not None and screen.state.done.source_survived
+        outcome = text_of(screen.query_one("#outcome", Static))
+        assert "ROLLED-BACK" in outcome and "still running where it was" in outcome
+        stats = text_of(screen.query_one("#mig-stats", Static))
+        assert "sent" in stats  # streamed to an ssh host
+
+
+async def test_destination_remembered_per_container(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, "db")
+        await pilot.press("m")
+        await wait_for(pilot, lambda: isinstance(app.screen, MigrateScreen))
+        await pilot.press(*"ssh://node7", "enter", "escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, ContainersScreen))
+        await pilot.press("m")
+        await wait_for(pilot, lambda: isinstance(app.screen, MigrateScreen))
+        assert app.screen.dest() == "ssh://node7"
+
+
+async def test_rules_file_switch_none_and_back(fake: FakeBackend, make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, "web-1")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen) and app.screen.report is not None)
+        report = app.screen
+        assert "rules /etc/ctconsole/rules.toml" in str(report.sub_title)
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, RulesFileScreen))
+        await pilot.press("down", "enter")  # default, then none
+        await wait_for(pilot, lambda: app.screen is report and app.rules_file == "")
+        await wait_for(pilot, lambda: not any(f.satisfied for f in report.report.findings))
+        assert "rules none" in str(report.sub_title)
+        await pilot.press("m")
+        await wait_for(pilot, lambda: isinstance(app.screen, MigrateScreen))
+        assert "none" in text_of(app.screen.query_one("#rules-file", Static))
 
 
 async def test_migration_abort_rolls_back(make_app) -> None:
@@ -253,6 +384,7 @@ async def test_migration_abort_rolls_back(make_app) -> None:
         await pilot.press("y")
         await wait_for(pilot, lambda: screen.finished, timeout=10)
         assert screen.state.done.result == "rolled-back"
+        assert screen.state.done.source_survived
         assert "rollback" in screen.state.phases
         await pilot.press("escape")
         assert isinstance(app.screen, ContainersScreen)
@@ -267,7 +399,7 @@ async def test_troubleshoot_log_and_history(make_app) -> None:
         screen = app.screen
         ol = screen.query_one("#log-lines", OptionList)
         assert "Error" in screen.lines[ol.highlighted]
-        assert "unix-socket" in text_of(screen.query_one("#explain", Static))
+        assert "unix" in text_of(screen.query_one("#explain", Static)).lower()
         await pilot.press("n")
         assert "Error" in screen.lines[ol.highlighted]
         await pilot.press("right_square_bracket")
@@ -351,7 +483,7 @@ async def test_bad_theme_reported_once(make_app, tmp_path: Path) -> None:
 
 
 class ExplodingBackend(FakeBackend):
-    def check(self, ref, dest=None, rules=None, host="local") -> Report:
+    def check(self, ref, dest=None, rules_file="", host="local") -> Report:
         raise CtError(
             "CRIU check failed",
             ["Error (criu/sk-unix.c:684): unix: External socket is used.", "add an external unix-socket rule"],
@@ -377,7 +509,7 @@ def test_app_factory_uses_fake_backend_from_env(monkeypatch) -> None:
 
     app = create_app(remember=False)
     assert isinstance(app, CtConsoleApp)
-    assert isinstance(app.backend, FakeBackend) and len(app.backend.containers) == 7
+    assert isinstance(app.backend, FakeBackend) and len(app.backend.list_containers()) == 7
 
 
 async def test_empty_host_says_so(make_app) -> None:

@@ -81,11 +81,20 @@ async def rule_form(pilot: Pilot) -> None:
     await pilot.pause(0.1)
 
 
+async def migration_setup(pilot: Pilot) -> None:
+    """The destination picker (known hosts, kind, reachability, last used first), the rules file, a preview."""
+    await _select(pilot, "db")
+    await pilot.press("m")
+    await _until(pilot, lambda: bool(getattr(pilot.app.screen, "destinations", None)))
+    await pilot.press("down", "ctrl+r")
+    await _until(pilot, lambda: "rules file" in str(pilot.app.screen.query_one("#mig-preview").render()))
+
+
 async def migration_done(pilot: Pilot) -> None:
     await _select(pilot, "db")
     await pilot.press("m")
     await _until(pilot, lambda: type(pilot.app.screen).__name__ == "MigrateScreen")
-    await pilot.press(*"netns:dst", "ctrl+g", "y")
+    await pilot.press(*"netns:ctlab-dst", "ctrl+g", "y")
     await _until(pilot, lambda: getattr(pilot.app.screen, "finished", False))
     await pilot.pause(0.1)
 
@@ -109,6 +118,7 @@ SCREENS: dict[str, Callable[[Pilot], Awaitable[None]]] = {
     "detail": detail,
     "report": report,
     "rules": rules,
+    "migrate": migration_setup,
     "migration": migration_done,
     "troubleshoot": troubleshoot,
 }

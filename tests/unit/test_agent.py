@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import struct
 import threading
 from collections.abc import Iterator
@@ -18,17 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from ctconsole.migrate import agent as agent_mod
-from ctconsole.migrate import events as ev
-from ctconsole.migrate.agent import Agent, Refused, check_name, validate_restore_opts, veth_host_names
-from ctconsole.migrate.channel import (
+from ctconsole.agent.channel import (
     MAX_FRAME,
     ChannelError,
     encode_frame,
     parse_destination,
     read_frame,
 )
-from ctconsole.migrate.engine import PrecopyPolicy, precopy_should_stop
+from ctconsole.migrate import destination as agent_mod
+from ctconsole.migrate import events as ev
+from ctconsole.migrate.destination import DestinationServer, Refused, check_name, validate_restore_opts, veth_host_names
+from ctconsole.migrate.precopy import PrecopyPolicy, precopy_should_stop
 from ctconsole.proto import agent_pb2
 
 
@@ -102,7 +103,7 @@ class Conn:
         r2, w2 = os.pipe()
         self.to_agent = os.fdopen(w1, "wb", buffering=0)
         self.from_agent = os.fdopen(r2, "rb", buffering=0)
-        self.agent = Agent(os.fdopen(r1, "rb", buffering=0), os.fdopen(w2, "wb", buffering=0))
+        self.agent = DestinationServer(os.fdopen(r1, "rb", buffering=0), os.fdopen(w2, "wb", buffering=0))
         self.thread = threading.Thread(target=self.agent.serve, daemon=True)
         self.thread.start()
         self.next = 1
@@ -170,10 +171,17 @@ def test_file_transfer_and_escapes(conn: Conn, tmp_path: Path) -> None:
     assert not d.exists()
 
 
-def test_page_server_address_must_be_loopback_or_lab(conn: Conn) -> None:
+def test_page_server_listens_on_no_address(conn: Conn) -> None:
+    """Whatever address the console names, the page channel is a unix socket in a private directory."""
     r = conn.call("prepare", agent_pb2.PrepareRequest(migration_id="m3", page_server=True,
                                                       page_server_address="8.8.8.8"))
-    assert r.error.code == "bad-request"
+    assert r.WhichOneof("body") == "prepare", r
+    sock = Path(r.prepare.page_socket)
+    assert r.prepare.page_server_port == 0 and not r.prepare.page_server_address
+    assert stat.S_ISSOCK(os.stat(sock).st_mode)
+    assert os.stat(sock.parent).st_mode & 0o777 == 0o700
+    conn.call("abort", agent_pb2.AbortRequest())
+    assert not sock.parent.exists(), "the abort removes the listener and its directory"
 
 
 def test_session_end_removes_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

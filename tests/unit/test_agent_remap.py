@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ctconsole.errors import CtError
-from ctconsole.migrate.agent import Refused, open_inherited, setup_namespaces
+from ctconsole.migrate.restoreenv import Refused, open_inherited, setup_namespaces
 from ctconsole.proto import agent_pb2
 
 

@@ -40,6 +40,19 @@ LINES = [
         "unix-stream-external",
     ),
     ("Error (criu/cr-dump.c:1664): A session leader of 13074(1) is outside of its pid namespace", "session"),
+    # issue #11 (each also produced by the real CRIU in tests/integration/test_feasibility_errors.py)
+    ("(00.04) Error (criu/sk-unix.c:418): unix: Unix socket 2057 without peer 2004", "unix-peer-netns"),
+    ("Error (criu/sk-unix.c:525): unix: Found a closed in-flight socket to 0x1a2b", "unix-in-flight"),
+    ("Error (criu/sk-unix.c:506): unix: Non-empty write queue on an in-flight socket 0x1947d", "unix-in-flight"),
+    ("Error (criu/sk-inet.c:504): inet: Can't dump corked dgram socket 19cda", "udp-corked"),
+    ("Error (criu/pidfd.c:88): PIDFD_THREAD flag is currently not supported", "pidfd"),
+    ("Error (criu/pidfd.c:97): pidfd pid 4242 is not a part of process tree..", "pidfd"),
+    ("Error (criu/sk-netlink.c:76): netlink: The socket has data to read", "netlink-socket"),
+    ("Error (criu/sk-netlink.c:133): netlink: The netlink socket 0x1f has more than 32 groups", "netlink-socket"),
+    ("Error (criu/sk-packet.c:71): packet: Multiple MC membership not supported (but can be)", "packet-socket"),
+    ("(00.03) Error (criu/cr-dump.c:389): Can't get rlimit 0: Operation not permitted", "creds-rlimit"),
+    ("Error (criu/sk-inet.c:185): inet: In-flight connection (l) for 1b2c", "tcp-in-flight"),
+    ("12873: Error (criu/sk-inet.c:912): inet: Connected TCP socket in image", "tcp-established"),
 ]
 
 

@@ -97,7 +97,8 @@ def test_catalogue_is_complete_and_described() -> None:
 
 def test_plain_container_is_clean() -> None:
     assert not [f for f in findings(ct()) if f.severity != "info"]
-    assert verdict_of(findings(ct())) == "feasible"
+    assert verdict_of(findings(ct())) == "no-known-blockers"  # static rules only: unverified
+    assert verdict_of(findings(ct()), verified=True) == "feasible"  # a trial dump confirmed it
 
 
 def test_session_not_leader_sets_shell_job() -> None:
@@ -389,9 +390,9 @@ def test_check_static_only_with_rules_satisfying_needs() -> None:
         hosts=False,
         rules=dict(rules, restore={"external": ["veth[eth0]:vh0"], "inherit_fd": [{"key": "socket:[10]"}]}),
     )
-    assert full.verdict == "feasible"
+    assert full.verdict == "no-known-blockers" and not full.verified
     assert "veth[eth0]:vh0" in full.options["restore"]["external"]
-    assert full.to_dict()["verdict"] == "feasible"
+    assert full.to_dict()["verdict"] == "no-known-blockers" and full.to_dict()["verified"] is False
 
 
 def test_rules_tcp_close_wins() -> None:
@@ -464,10 +465,125 @@ def test_host_checks_with_fake_probes() -> None:
     assert isinstance(FakeProbe(), HostProbe)
     c = ct(init_pid=0, root_path="/srv/rootfs", sockets=(inet("LISTEN"),))
     ok = check(c, probe=FakeProbe(), dest="local")
-    assert ok.verdict == "feasible" and ok.criu.version == "4.2.1"
+    assert ok.verdict == "no-known-blockers" and ok.criu.version == "4.2.1"
     old = check(c, probe=FakeProbe((4, 1, 1)))
     assert {"criu-version", "criu-kernel-inet"} <= {f.rule for f in old.findings if f.severity == "blocker"}
     remote = check(c, probe=FakeProbe(), dest="netns:x", dest_probe=FakeProbe((4, 2, 0), cpu_ok=False, paths=False))
     rules = {f.rule for f in remote.findings if f.severity == "blocker"}
     assert {"criu-version", "cpu", "rootfs"} <= rules
     assert check(c, probe=FakeProbe(check_ok=False)).verdict == "infeasible"
+
+
+# --------------------------------------------------------------------------- rules from CRIU's refusals
+
+
+def _sev(c: Container, rule: str, **ctx: Any) -> list[str]:
+    return [f.severity for f in by_rule(c, rule, **ctx)]
+
+
+def test_unix_in_flight_closed_client_and_unsent_data() -> None:
+    """sk-unix.c: a listener with a closed queued client, an in-flight client with unsent data."""
+    listener = Socket("unix", "stream", 20, state="LISTEN", path="@srv", icons=(0,), holders=H)
+    assert _sev(ct(sockets=(listener,)), "unix-in-flight") == ["blocker"]
+    ok_listener = replace(listener, icons=(21,))
+    client = Socket("unix", "stream", 21, state="ESTABLISHED", in_flight=True, wqueue=6, holders=H)
+    assert _sev(ct(sockets=(ok_listener, client)), "unix-in-flight") == ["blocker"]
+    # a queued connection that sent nothing is re-made on restore: fine
+    assert _sev(ct(sockets=(ok_listener, replace(client, wqueue=0))), "unix-in-flight") == []
+
+
+def test_unix_peer_in_another_netns_is_a_blocker_not_a_rule() -> None:
+    """'Unix socket N without peer M' comes before any external handling: no rule helps."""
+    s = Socket("unix", "dgram", 30, state="ESTABLISHED", peer_inode=31, peer_path="/dev/log", peer_elsewhere=True,
+               holders=H, external=External("x", "ext_unix_sk", "journald[1]"))
+    c = ct(sockets=(s,), own_namespaces=("net",))
+    assert _sev(c, "unix-peer-netns") == ["blocker"]
+    assert by_rule(c, "unix-dgram-external") == []
+    assert check(c, hosts=False).verdict == "infeasible"
+
+
+def test_udp_corked_from_facts() -> None:
+    s = Socket("inet", "dgram", 40, local="127.0.0.1:5000", protocol="udp", holders=H)
+    assert _sev(ct(sockets=(s,)), "udp-corked") == []
+    assert _sev(ct(sockets=(s,)), "udp-corked", facts=HostFacts(corked_udp=(40,))) == ["blocker"]
+
+
+def test_netlink_sockets() -> None:
+    """Recognised (never 'other'); refused only with unread data, groups above 32 or groups w/o portid."""
+    nl = Socket("netlink", "raw", 50, protocol="route", state="bound", holders=H)
+    c = ct(sockets=(nl,))
+    assert _sev(c, "netlink-socket") == [] and by_rule(c, "socket-family") == []
+    assert check(c, hosts=False).verdict == "no-known-blockers"
+    assert _sev(ct(sockets=(replace(nl, rqueue=1200),)), "netlink-socket") == ["blocker"]
+    assert _sev(ct(sockets=(replace(nl, groups=1, group_words=2),)), "netlink-socket") == ["blocker"]
+    assert _sev(ct(sockets=(replace(nl, groups=1, group_words=1),)), "netlink-socket") == []
+    assert _sev(ct(sockets=(replace(nl, groups=1, group_words=1, state="unbound"),)), "netlink-socket") == ["blocker"]
+
+
+def test_packet_socket_duplicate_membership() -> None:
+    pk = Socket("packet", "raw", 60, protocol="0x0003", holders=H)
+    assert "blocker" not in _sev(ct(sockets=(pk,)), "packet-socket")
+    assert _sev(ct(sockets=(replace(pk, groups=1, group_words=2),)), "packet-socket") == ["blocker"]
+
+
+def test_pidfd_thread_and_outside() -> None:
+    c = ct(fds=(SpecialFd("pidfd", "anon_inode:[pidfd]", H),))
+    assert _sev(c, "pidfd") == []
+    assert _sev(c, "pidfd", facts=HostFacts(pidfds=((100, 3, 100, False),))) == []  # its own tree
+    assert _sev(c, "pidfd", facts=HostFacts(pidfds=((100, 3, -1, False),))) == []  # exited: fine
+    assert _sev(c, "pidfd", facts=HostFacts(pidfds=((100, 3, 101, True),))) == ["blocker"]
+    assert _sev(c, "pidfd", facts=HostFacts(pidfds=((100, 3, 4242, False),))) == ["blocker"]
+
+
+def test_creds_rlimit_and_tcp_in_flight() -> None:
+    assert _sev(ct(), "creds-rlimit", facts=HostFacts(foreign_creds=((100, "uid 1 gid 1"),))) == ["blocker"]
+    lst = Socket("inet", "stream", 70, state="LISTEN", local="127.0.0.1:80", protocol="tcp", rqueue=2, holders=H)
+    (f,) = by_rule(ct(sockets=(lst,)), "tcp-in-flight")
+    assert f.severity == "auto" and f.dump == {"tcp_skip_in_flight": True}
+    assert by_rule(ct(sockets=(replace(lst, rqueue=0),)), "tcp-in-flight") == []
+
+
+def test_other_family_named_by_protocol() -> None:
+    s = Socket("other", "other", 80, protocol="AF_VSOCK", holders=H)
+    (f,) = by_rule(ct(sockets=(s,)), "socket-family")
+    assert f.severity == "blocker" and "AF_VSOCK" in f.message
+
+
+def test_report_round_trips_through_json_and_distrusts_a_peer() -> None:
+    """Report.from_dict is the inverse of to_dict (a report from another host's agent), but a peer
+    cannot claim more than it backs: 'feasible' needs verified + an ok trial, unknown words are infeasible."""
+    import json
+
+    from ctconsole.feasibility.findings import Report, TrialResult
+
+    c = ct(sockets=(unix(10, 99),))
+    r = check(c, hosts=False)
+    back = Report.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert back.to_dict() == r.to_dict()
+    ok = replace(r, verdict="feasible", verified=True, trial=TrialResult(True, 0.05), findings=())
+    assert Report.from_dict(json.loads(json.dumps(ok.to_dict()))) == replace(ok, elapsed=round(ok.elapsed, 4))
+    claimed = dict(ok.to_dict(), trial=None)
+    assert Report.from_dict(claimed).verdict == "no-known-blockers" and not Report.from_dict(claimed).verified
+    assert Report.from_dict({"verdict": "totally-fine"}).verdict == "infeasible"
+    assert Report.from_dict("garbage").verdict == "infeasible"
+    odd = Report.from_dict({"verdict": "needs-rules", "findings": [{"severity": "evil", "rule": 3}, "x"]})
+    assert [(f.severity, f.rule) for f in odd.findings] == [("info", "")]
+
+
+def test_pts_whose_master_is_closed_is_not_busy() -> None:
+    """zdtm pty04: the master was closed, so the index goes with the dumped slaves; CRIU restores it."""
+    c = ct(ttys=(pts(5),))
+    assert [f.severity for f in by_rule(c, "tty-external-master")] == ["auto"]
+    assert not by_rule(c, "tty-index-busy")
+
+
+def test_breaking_lease_and_closed_tcp_and_child_time_ns() -> None:
+    """Facts /proc shows but the model does not carry: a lease being broken (file-lock.c breaks it again
+    on restore), a TCP socket reset by its peer (restored as a connection), unshare(CLONE_NEWTIME)."""
+    f = OpenFile(path="/srv/a", mnt_id=1, inode=7, holders=H)
+    assert _sev(ct(files=(f,)), "lease-breaking", facts=HostFacts(breaking_leases=((100, 7),))) == ["blocker"]
+    s = Socket("inet", "stream", 90, protocol="tcp", holders=H)
+    (t,) = by_rule(ct(sockets=(s,)), "tcp-established", facts=HostFacts(closed_tcp_peers=(90,)))
+    assert t.severity == "auto" and t.restore == {"tcp_established": True}
+    assert by_rule(ct(sockets=(s,)), "tcp-established") == []
+    assert _sev(ct(), "nested-namespace", facts=HostFacts(timens_for_children=(100,))) == ["blocker"]

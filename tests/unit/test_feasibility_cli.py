@@ -39,10 +39,11 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     return rc, capsys.readouterr().out
 
 
-def test_feasible_exit_0_json(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unverified_exit_3_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --trial nothing was verified: 'no-known-blockers', exit 3 (not 0), verified false."""
     rc, out = run(capsys, "plain", "--json")
     d: dict[str, Any] = json.loads(out)
-    assert rc == 0 and d["verdict"] == "feasible"
+    assert rc == 3 and d["verdict"] == "no-known-blockers" and d["verified"] is False
     assert set(d) >= {"verdict", "findings", "criu", "options"}
     assert set(d["options"]) == {"dump", "restore"} and d["criu"]["version"] == "4.2.1"
     assert all(set(f) >= {"rule", "severity", "subject", "message", "remedy"} for f in d["findings"])
@@ -82,7 +83,7 @@ def test_human_output_names_the_destination(
 
     monkeypatch.setattr(host, "probe_for", lambda dest: Remote() if dest and dest != "local" else FakeProbe())
     rc, out = run(capsys, "plain", "--to", "netns:lab")
-    assert rc == 0
+    assert rc == 3 and "NO KNOWN BLOCKERS (unverified)" in out
     assert "Destination netns:lab (lab): CRIU 4.2.1 on kernel 6.18.0; mem_track=no" in out
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from ctconsole.agent import hostprobe
+from ctconsole.agent.channel import ChannelError
 from ctconsole.errors import UsageError
 from ctconsole.feasibility import check
 from ctconsole.feasibility.host import DestNeed, ProbeResult, destination_needs, resource_checks
-from ctconsole.migrate import hostprobe
-from ctconsole.migrate.channel import ChannelError
 from ctconsole.proto import agent_pb2
 from tests.unit.test_feasibility_checks import FakeProbe, ct
 
@@ -34,11 +34,11 @@ from tests.unit.test_feasibility_checks import FakeProbe, ct
     ],
 )
 def test_host_probe_refuses_bad_input(req: agent_pb2.HostProbeRequest) -> None:
-    from ctconsole.migrate.agent import Agent, Refused
+    from ctconsole.migrate.destination import DestinationServer, Refused
 
     with pytest.raises(hostprobe.BadProbe):
         hostprobe.validate(req)
-    agent = Agent.__new__(Agent)  # the handler needs no session state
+    agent = DestinationServer.__new__(DestinationServer)  # the handler needs no session state
     with pytest.raises(Refused) as exc:
         agent.on_host_probe(req)
     assert exc.value.code == "bad-request"
@@ -150,7 +150,7 @@ def test_rules_resources_checked_on_the_destination() -> None:
     assert missing.verdict == "needs-rules"
     present = check(ct(init_pid=0), dest="netns:lab", probe=FakeProbe(), rules=compiled,
                     dest_probe=Remote(paths={"/run/d.sock": "socket", "/": "dir"}, links={"br0": "bridge"}))
-    assert present.verdict == "feasible", present.to_dict()
+    assert present.verdict == "no-known-blockers", present.to_dict()
     assert present.to_dict()["destination"]["version"] == "4.2.1"
 
 
@@ -192,9 +192,8 @@ class FakeChannel:
 def test_remote_probe_batches_filters_and_summarises() -> None:
     from ctconsole.feasibility.remote import RemoteProbe
 
-    probe = RemoteProbe("netns:lab")
     ch = FakeChannel()
-    probe._ch = ch  # type: ignore[assignment]
+    probe = RemoteProbe("netns:lab", connector=lambda dest, timeout: (ch, ch.call("hello", None)))
     assert probe.version() == ((4, 2, 1), "4.2.1") and probe.features()["mem_track"] is True
     assert probe.check().ok and probe.free_space("/ignored") == 1 << 30 and probe.images_dir() == "/img"
     paths = [f"/p{i}" for i in range(70)] + ["relative", "/a\0b"]
@@ -210,3 +209,61 @@ def test_remote_probe_batches_filters_and_summarises() -> None:
     assert s["reachable"] and s["version"] == "4.2.1" and s["checks"]["links"] == {"br0": "bridge",
                                                                                     "bad name": "missing"}
     assert s["checks"]["criu_check"]["ok"] is True and s["checks"]["images"]["free"] == 1 << 30
+
+
+# --------------------------------------------------------------------------- conflicts (feasibility/conflicts.py)
+
+
+class ConflictProbe:
+    """A destination host as the agent would describe it (faking the host, not the logic)."""
+
+    def __init__(self, links: dict[str, str], busy_pids: list[int], busy_ports: list[tuple[str, str, int]],
+                 cgroups: dict[str, tuple[bool, int]], hostname: str = "elsewhere") -> None:
+        self.links, self.busy_pids, self.busy_ports, self.cgroups = links, busy_pids, busy_ports, cgroups
+        self.asked: dict[str, Any] = {}
+        self.hostname = hostname
+
+    def link_kind(self, name: str) -> str:
+        return self.links.get(name, "")
+
+    def conflicts(self, pids: Any = (), ports: Any = (), cgroups: Any = ()) -> dict[str, Any]:
+        self.asked = {"pids": list(pids), "ports": list(ports), "cgroups": list(cgroups)}
+        return {"busy_pids": [p for p in pids if p in self.busy_pids],
+                "busy_ports": [q for q in self.busy_ports if q[2] in {p[2] for p in ports}],
+                "cgroups": {c: self.cgroups.get(c, (False, 0)) for c in cgroups}}
+
+    def summary(self) -> dict[str, Any]:
+        return {"hostname": self.hostname}
+
+
+def test_destination_conflicts_rules() -> None:
+    from ctconsole.feasibility.conflicts import destination_conflicts
+    from ctconsole.model import Socket
+
+    c = ct(
+        sockets=(Socket("inet", "stream", 5, state="LISTEN", local="0.0.0.0:8080", protocol="tcp"),),
+        cgroups={"unified": "/app.slice"},
+    )
+    restore = {"external": ["veth[eth0]:vh0@br0"]}
+    probe = ConflictProbe({"vh0": "link"}, [100], [("tcp", "0.0.0.0", 8080)], {"/app.slice": (True, 3)})
+    fs = destination_conflicts(c, restore, probe, "ssh://h", "destination:ssh://h")
+    assert {f.rule: f.severity for f in fs} == {
+        "dest-veth-name": "blocker", "dest-pid-busy": "blocker", "dest-port-busy": "blocker",
+        "dest-cgroup-busy": "needs-rule",
+    }
+    assert probe.asked == {"pids": [100], "ports": [("tcp", "0.0.0.0", 8080)], "cgroups": ["/app.slice"]}
+    # own pid and net namespaces, a cgroup rule: nothing to collide with but the veth name
+    from dataclasses import replace
+
+    own = replace(c, own_namespaces=("pid", "net"))
+    probe.asked = {}
+    fs = destination_conflicts(own, dict(restore, cgroup_root=["/x"]), probe, "ssh://h", "d")
+    assert [f.rule for f in fs] == ["dest-veth-name"] and probe.asked == {}  # nothing else asked
+    # a destination on this kernel (netns:, or our own hostname): its pids/cgroups are the source's own
+    import os
+
+    same = ConflictProbe({}, [100], [], {"/app.slice": (True, 3)}, hostname=os.uname().nodename)
+    assert destination_conflicts(c, {}, same, "ssh://me", "d") == []  # ports are still asked (none busy)
+    assert same.asked["ports"] == [("tcp", "0.0.0.0", 8080)]
+    assert same.asked["pids"] == [] and same.asked["cgroups"] == []
+    assert destination_conflicts(c, {}, same, "netns:lab", "d") == []

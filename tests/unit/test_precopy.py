@@ -15,13 +15,12 @@ from typing import Any
 
 import pytest
 
+from ctconsole.agent.channel import AgentChannel, parse_destination
 from ctconsole.cli import build_parser
 from ctconsole.criu.images import DumpStats
 from ctconsole.migrate import events as ev
-from ctconsole.migrate.channel import AgentChannel, parse_destination
-from ctconsole.migrate.engine import (
-    Migration,
-    MigrationRequest,
+from ctconsole.migrate.engine import Migration, MigrationRequest, Plan
+from ctconsole.migrate.precopy import (
     PrecopyPolicy,
     precopy_final_opts,
     precopy_round_dir,
@@ -134,10 +133,12 @@ class FakeIterative:
 class FakeClient:
     def __init__(self, it: FakeIterative) -> None:
         self.it = it
+        self.ps_fd: int | None = None
 
-    def iterative(self, timeout: float | None = None) -> Any:
+    def iterative(self, timeout: float | None = None, ps_fd: int | None = None) -> Any:
         import contextlib
 
+        self.ps_fd = ps_fd  # the whole session's swrk inherits the page channel
         return contextlib.nullcontext(self.it)
 
 
@@ -148,10 +149,16 @@ class FakeChannel:
     def call(self, field: str, msg: Any, timeout: float = 60) -> Any:
         assert field == "round"
         self.rounds.append(msg)
-        return agent_pb2.RoundReply(page_server_address="198.18.0.2", page_server_port=5000 + len(self.rounds))
+        # the page channel's socket comes with the first round; later rounds reuse the connection
+        return agent_pb2.RoundReply(page_socket="/run/ctconsole/pages/h/s" if len(self.rounds) == 1 else "")
 
-    def forward_port(self, port: int) -> int:
-        return port
+
+def fake_page_link(m: Migration, opened: list[str]) -> None:
+    """Stand in for connecting to the destination's page socket: our end's fd is 77."""
+    def open_link(path: str, plan: Any) -> None:
+        opened.append(path)
+        m.page_link = type("L", (), {"fd": 77, "via": "direct", "close": lambda self: None})()  # type: ignore[assignment]
+    m._open_page_link = open_link  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("use_ps", [True, False], ids=["page-server", "agent-channel"])
@@ -168,7 +175,12 @@ def test_engine_rounds_and_final_dump(tmp_path: Path, monkeypatch: pytest.Monkey
     it = FakeIterative([50000, 20000, 700])
     images = tmp_path / "images"
     images.mkdir()
-    m._precopy(FakeClient(it), dict(BASE), images, (use_ps, "", parse_destination("netns:x")), lambda n: True)
+    plan = Plan(dest=parse_destination("netns:x"), strategy="pre-copy", mode="handover", images=images,
+                dump=dict(BASE), restore={}, use_ps=use_ps)
+    opened: list[str] = []
+    fake_page_link(m, opened)
+    client = FakeClient(it)
+    m._precopy(client, plan, lambda n: True)  # type: ignore[arg-type]
 
     # three rounds (the third wrote < 1000 pages), then the final dump on the same session
     assert [c[0] for c in it.calls] == ["PRE_DUMP"] * 3 + ["DUMP"]
@@ -178,15 +190,17 @@ def test_engine_rounds_and_final_dump(tmp_path: Path, monkeypatch: pytest.Monkey
     # the agent was told each round in order, then the final dump on top of round 3
     assert [(r.round, r.parent, r.page_server) for r in ch.rounds] == [
         (1, 0, use_ps), (2, 0, use_ps), (3, 0, use_ps), (0, 3, use_ps)]
-    if use_ps:  # every round streams to its own page server
-        assert [c[1]["ps"]["port"] for c in it.calls] == [5001, 5002, 5003, 5004]
+    if use_ps:  # every round streams to its own page server, all on the one page channel
+        assert opened == ["/run/ctconsole/pages/h/s"] and client.ps_fd == 77
+        assert [c[1]["ps"] for c in it.calls] == [{"fd": 77}] * 4
         assert sent == []
     else:  # pages stay local and go over the channel right after each round, into pre/k there
         assert all("ps" not in c[1] for c in it.calls)
         assert sent == [(images / "pre" / "1", 1), (images / "pre" / "2", 2), (images / "pre" / "3", 3)]
     rounds = [e for e in events if isinstance(e, ev.RoundProgress)]
-    assert [(r.round, r.pages_written, r.pages_scanned, r.pages_skipped, r.final) for r in rounds] == [
-        (1, 50000, 150000, 100000, False), (2, 20000, 60000, 40000, False), (3, 700, 2100, 1400, False)]
+    assert [(r.round, r.pages_written, r.pages_scanned, r.pages_skipped) for r in rounds] == [
+        (1, 50000, 150000, 100000), (2, 20000, 60000, 40000), (3, 700, 2100, 1400)]
+    assert not any(isinstance(e, ev.FinalDump) for e in events)  # the final dump is the caller's to report
     assert m.rounds == 3
     recs = [r for r in m.journal.records() if r.get("kind") == "round"]
     assert [r["round"] for r in recs] == [1, 2, 3, 0] and recs[-1]["options"]["parent_img"] == "pre/3"
@@ -209,8 +223,11 @@ def test_engine_abort_between_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyP
     it.pre_dump = pre_dump  # type: ignore[method-assign]
     images = tmp_path / "images"
     images.mkdir()
+    fake_page_link(m, [])
     with pytest.raises(CtError, match="aborted"):
-        m._precopy(FakeClient(it), dict(BASE), images, (True, "", parse_destination("local")), lambda n: True)
+        plan = Plan(dest=parse_destination("local"), strategy="pre-copy", mode="handover", images=images,
+                    dump=dict(BASE), restore={}, use_ps=True)
+        m._precopy(FakeClient(it), plan, lambda n: True)  # type: ignore[arg-type]
     assert [c[0] for c in it.calls] == ["PRE_DUMP"]
 
 
@@ -255,7 +272,7 @@ def test_file_chunk_round_on_the_wire() -> None:
         ch.send_file_chunk("pages-1.img", 7, b"data", True, 3)
         ch.send_file_chunk("core.img", 0, b"", False)
         with os.fdopen(r, "rb", buffering=0) as f:
-            from ctconsole.migrate.channel import read_frame
+            from ctconsole.agent.channel import read_frame
 
             got = []
             for _ in range(2):

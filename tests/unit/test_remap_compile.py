@@ -293,3 +293,41 @@ def test_open_inherit_fds(tmp_path: Path) -> None:
             open_inherit_fds([*specs, InheritSpec(key="socket:[2]", how=CONNECT_UNIX, path=str(tmp_path / "no"))])
     finally:
         lis.close()
+
+
+# ---------------------------------------------------------------- carry = true (issue #13)
+
+
+def test_carry_lists_the_host_paths_to_copy(tmp_path: Path) -> None:
+    from ctconsole.remap.validate import validate_text
+
+    text = textwrap.dedent('''\
+        version = 1
+        [[container]]
+        match = { name = "web-*" }
+          [[container.rule]]
+          kind = "mount"
+          mountpoint = "/srv/data"
+          path = "/srv/export/web-data"
+          carry = true
+
+          [[container.rule]]
+          kind = "mount"
+          mountpoint = "/srv/cache"
+          path = "/srv/export/cache"
+          carry = false
+        ''')
+    out = compile_rules(rules(text), container())  # type: ignore[arg-type]
+    assert out.carry_paths() == ["/srv/export/web-data"]
+    assert [(c.path, c.mountpoint, c.line) for c in out.carry] == [("/srv/export/web-data", "/srv/data", 4)]
+    assert out.to_json()["carry"] == [{"path": "/srv/export/web-data", "mountpoint": "/srv/data", "line": 4}]
+    assert "mnt[srv-data]:/srv/export/web-data" in out.restore["external"]
+    assert any("copied to the destination" in n for n in out.notes)
+    # a carried source need not exist on this (the destination) host; one that is not carried must
+    host = [p.message for p in validate_text(text, "r.toml", host_checks=True)]
+    assert host == ["path /srv/export/cache does not exist on this host"], host
+    bad = text.replace("carry = true", 'carry = "yes"')
+    assert any("carry must be true or false" in p.message for p in validate_text(bad, "r.toml", host_checks=False))
+    # carry never widens what may be bound: the source still passes the bind-source refusals
+    worse = text.replace('path = "/srv/export/web-data"', 'path = "/etc"')
+    assert any("refused" in p.message for p in validate_text(worse, "r.toml", host_checks=False))

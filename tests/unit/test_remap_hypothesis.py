@@ -97,3 +97,75 @@ def test_store_edits_keep_files_loadable(text: str, kind: str, fields: dict[str,
             deleted = store.delete_rule(text, RuleRef(ci, 0))
             rs4, _ = parse_text(deleted)
             assert len(rs4.containers[ci].rules) == n - 1
+
+
+# ---------------------------------------------------------------- pathological sizes (issue #10)
+
+
+@st.composite
+def pathological_files(draw: st.DrawFn) -> str:
+    """Big, deep or repetitive files a hostile author could write: never a crash, time bounded."""
+    shape = draw(st.sampled_from(["blocks", "deep-array", "deep-table", "deep-header", "vf", "long-string",
+                                  "wide-inline", "many-rules"]))
+    n = draw(st.integers(1, 4000))
+    head = "version = 1\n"
+    if shape == "blocks":
+        one = '[[container]]\nmatch = { name = "c" }\n  [[container.rule]]\n  kind = "tcp"\n  mode = "keep"\n'
+        return head + one * n
+    if shape == "deep-array":
+        return head + "x = " + "[" * (n * 50) + "]" * draw(st.integers(0, n * 50)) + "\n"
+    if shape == "deep-table":
+        return head + "x = " + "{ a = " * (n * 20) + "1" + " }" * draw(st.integers(0, n * 20)) + "\n"
+    if shape == "deep-header":
+        return head + "[" + ".".join(["a"] * (n * 10)) + "]\nb = 1\n"
+    if shape == "vf":
+        items = ", ".join([draw(st.sampled_from(['"0-4095"', '"4000-99999"', "7", '"x"', "-1"]))] * min(n, 400))
+        return head + ('[[container]]\nmatch = { name = "c" }\n[[container.rule]]\nkind = "netdev"\n'
+                       f'interface = "e"\nvf_pool = {{ pf = "p", vfs = [{items}] }}\n')
+    if shape == "long-string":
+        return head + f'[defaults]\ncomment = "{"x" * (n * 300)}"\n'
+    if shape == "wide-inline":
+        return head + "[[container]]\nmatch = { " + ", ".join(f"k{i} = {i}" for i in range(n)) + " }\n"
+    rule = '[[container.rule]]\nkind = "mount"\nmountpoint = "/m"\npath = "/"\n'
+    return head + '[[container]]\nmatch = { name = "c" }\n' + rule * n
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(pathological_files())
+def test_pathological_files_are_bounded_and_never_crash(text: str) -> None:
+    import time
+
+    t0 = time.monotonic()
+    problems = validate_text(text, "evil.toml", host_checks=False)
+    elapsed = time.monotonic() - t0
+    check(problems)
+    assert elapsed < 8, (len(text), elapsed)
+    if len(text.encode()) > 1 << 20:
+        assert any("bytes" in p.message for p in problems)
+
+
+def _content(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rules_files(), st.sampled_from(list(RULE_KINDS)),
+       st.dictionaries(st.sampled_from(KEYS[1:]), values, max_size=4))
+def test_store_add_then_delete_gives_the_file_back(text: str, kind: str, fields: dict[str, object]) -> None:
+    """Round trip through tomlkit: every comment and line of the operator's file comes back (blank lines
+    between blocks may differ where the file had none); replacing a rule by itself changes nothing."""
+    from ctconsole.errors import CtError
+
+    rs, problems = parse_text(text)
+    if problems and (problems[0].message.startswith("malformed") or problems[0].line == 0):
+        return
+    for ci, scope in enumerate(rs.containers):
+        try:
+            added = store.add_rule(text, ci, Rule(kind=kind, fields=fields))
+        except CtError:  # an inline rule array ("rule = [...]"): refused, never rewritten
+            continue
+        n = len(parse_text(added)[0].containers[ci].rules)
+        assert _content(store.delete_rule(added, RuleRef(ci, n - 1))) == _content(text)
+        if scope.rules and scope.rules[0].kind:  # (a table without kind comes back with kind = "")
+            same = store.replace_rule(text, RuleRef(ci, 0), scope.rules[0])
+            assert _content(same) == _content(text)

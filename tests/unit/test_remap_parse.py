@@ -1,10 +1,10 @@
-"""Parsing rules files: values from tomllib, line numbers from the scanner."""
+"""Parsing rules files: values and line numbers from one tomlkit pass."""
 
 from __future__ import annotations
 
 import textwrap
 
-from ctconsole.remap.parse import decode_error_line, parse_text, scan_lines
+from ctconsole.remap.parse import MAX_BYTES, MAX_DEPTH, parse_text
 
 SAMPLE = textwrap.dedent('''\
     # operator header comment
@@ -63,12 +63,12 @@ def test_rules_and_scopes_with_lines() -> None:
     assert db.rules[0].line_of("path") == 35
 
 
-def test_scanner_ignores_headers_inside_strings_and_arrays() -> None:
-    lm = scan_lines(SAMPLE)
-    names = [(b.name, b.start) for b in lm.blocks]
-    assert ("container.rule", 27) not in names
-    assert lm.rule_blocks(0)[1].keys["vf_pool"] == (23, 25)
-    assert lm.rule_blocks(0)[1].keys["comment"] == (26, 28)
+def test_headers_inside_strings_and_arrays_are_not_headers() -> None:
+    rs, _ = parse_text(SAMPLE)
+    web = rs.containers[0]
+    assert [r.line for r in web.rules] == [14, 20]  # no rule at line 27 (inside the string)
+    assert web.rules[1].line_of("vf_pool") == 23 and web.rules[1].line_of("comment") == 26
+    assert web.rules[1].get("comment").startswith(" a string that looks like a header:")
 
 
 def test_quoted_and_spaced_headers() -> None:
@@ -114,10 +114,41 @@ def test_missing_version() -> None:
     assert any("missing 'version = 1'" in p.message for p in problems)
 
 
-def test_decode_error_line_from_message() -> None:
-    import tomllib
+def test_syntax_error_names_line_and_column() -> None:
+    _, problems = parse_text("a = 1\nb = = 2\n", "f.toml")
+    assert [(p.line, p.message.startswith("malformed TOML")) for p in problems] == [(2, True)]
+    assert "column 5" in problems[0].message
 
-    try:
-        tomllib.loads("a = 1\nb = = 2\n")
-    except tomllib.TOMLDecodeError as exc:
-        assert decode_error_line(exc) == 2
+
+def test_too_big_and_too_deep_are_problems_not_exceptions() -> None:
+    big = "version = 1\n" + "# " + "x" * MAX_BYTES + "\n"
+    _, problems = parse_text(big, "big.toml")
+    assert len(problems) == 1 and f"more than the {MAX_BYTES}" in problems[0].message
+    for deep in ("x = " + "[" * 100_000, "x = " + "{a=" * 100_000, "[" + "a." * 100_000 + "a]\n",
+                 "x = " + "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1) + "\n"):
+        _, problems = parse_text("version = 1\n" + deep, "deep.toml")
+        assert len(problems) == 1 and problems[0].line == 2, (deep[:20], problems)
+    ok = "version = 1\nx = " + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "\n"
+    _, problems = parse_text(ok)
+    assert [p.message for p in problems] == ["unknown top-level key 'x' (expected one of: version, defaults, "
+                                             "container)"]
+
+
+def test_positions_of_every_kind_of_line() -> None:
+    text = ('version = 1\r\n[[container]]\r\nmatch = { name = "a" }\r\n\r\n'
+            '  [[ container . rule ]]  # c\r\n  kind = "tcp"\r\n  "mode" = "keep"\r\n'
+            '  s = """\u2028\r\nx"""\r\n  z = 1\r\n')
+    rs, problems = parse_text(text)
+    assert problems == []
+    r = rs.containers[0].rules[0]
+    assert (r.line, r.line_of("kind"), r.line_of("mode"), r.line_of("s"), r.line_of("z")) == (5, 6, 7, 8, 10)
+
+
+def test_the_agent_side_of_remap_does_not_import_tomlkit() -> None:
+    """The destination agent imports remap.compile for inherited fds; tomlkit (~40 ms) loads on first parse."""
+    import subprocess
+    import sys
+
+    code = "import sys, ctconsole.remap.compile; print('tomlkit' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

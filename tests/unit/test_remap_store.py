@@ -218,3 +218,62 @@ def test_editor_facade_round_trip(tmp_path: Path) -> None:
     assert remap.validate_rule({"kind": "tcp", "mode": "keep"}) == []
     assert [k.name for k in remap.KINDS] == ["veth", "netdev", "unix", "tty", "mount", "device", "lsm", "cgroup",
                                            "tcp", "file"]
+
+
+# ---------------------------------------------------------------- tomlkit edits: layouts around the edit
+
+
+def test_delete_only_rule_and_first_container_keep_the_rest_byte_for_byte() -> None:
+    new = store.delete_rule(ORIG, RuleRef(1, 0))  # the db block's only rule
+    rs, problems = parse_text(new)
+    assert problems == [] and rs.containers[1].rules == ()
+    assert new == ORIG.replace('[[container.rule]]\nkind = "tcp"\nmode = "close"\n', "")
+    first = store.delete_container(ORIG, 0)
+    assert first.startswith(ORIG[: ORIG.index("[[container]]")].rstrip("\n") + "\n\n# db tier\n[[container]]")
+    rs, _ = parse_text(first)
+    assert [s.selector.name for s in rs.containers if s.selector] == ["db"]
+
+
+def test_crlf_files_stay_crlf() -> None:
+    crlf = ORIG.replace("\n", "\r\n")
+    new = store.add_rule(crlf, 1, Rule("mount", {"mountpoint": "/m", "path": "/srv/m"}))
+    assert "\n" not in new.replace("\r\n", "")
+    rs, problems = parse_text(new)
+    assert problems == [] and [r.kind for r in rs.containers[1].rules] == ["tcp", "mount"]
+    assert store.delete_rule(new, RuleRef(1, 1)) == crlf
+
+
+def test_defaults_rules_are_made_when_the_file_has_none() -> None:
+    text = 'version = 1\n\n[[container]]\nmatch = { name = "a" }\n'
+    new = store.add_rule(text, None, Rule("tcp", {"mode": "keep"}))
+    rs, problems = parse_text(new)
+    assert problems == [] and [r.kind for r in rs.defaults.rules] == ["tcp"]
+    assert store.delete_rule(new, RuleRef(None, 0)).strip() == text.strip()
+
+
+def test_a_layout_tomlkit_would_reorder_is_refused_not_rewritten() -> None:
+    split = 'version = 1\n[[container]]\nmatch = { name = "a" }\n[defaults]\ntcp = "keep"\n' \
+            '[[container]]\nmatch = { name = "b" }\n'
+    assert parse_text(split)[1] == []  # it is a valid file; only editing it would move [defaults]
+    with pytest.raises(CtError, match="cannot be edited without reordering"):
+        store.add_rule(split, 0, Rule("tcp", {"mode": "close"}))
+
+
+def test_edits_are_linear_in_the_file_size() -> None:
+    """8x the blocks must cost about 8x, not 64x (the old line map was quadratic): a ratio, so a busy
+    machine slows both sides alike."""
+    import time
+
+    block = '[[container]]\nmatch = { name = "c%d" }\n  [[container.rule]]\n  kind = "tcp"\n  mode = "keep"\n\n'
+
+    def edit(n: int) -> float:
+        text = "version = 1\n\n" + "".join(block % i for i in range(n))
+        t0 = time.perf_counter()
+        new = store.add_rule(text, n - 1, Rule("mount", {"mountpoint": "/m", "path": "/srv/m"}))
+        elapsed = time.perf_counter() - t0
+        assert parse_text(new)[0].containers[n - 1].rules[-1].kind == "mount"
+        return elapsed
+
+    small = min(edit(250) for _ in range(3))
+    big = min(edit(2000) for _ in range(2))
+    assert big < 20 * small, (small, big)

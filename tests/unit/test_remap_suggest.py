@@ -108,3 +108,43 @@ def test_suggest_for_container_without_externals() -> None:
     rs, problems = parse_text(text)
     assert problems == [] and rs.containers[0].rules == ()
     assert "Nothing of this container needs a remap rule" in text
+
+
+def _fuse_ct(parent_fstype: str, mountpoint: str = "/proc/meminfo") -> Container:
+    """libvirt_lxc's shape: a FUSE file (root /meminfo inside the FUSE fs) laid over the container's proc."""
+    return Container(
+        id="lv", name="lv-1", runtime="libvirt-lxc", init_pid=100, own_namespaces=("mnt",),
+        mounts=(Mount(mount_id=1, parent_id=0, mountpoint="/", root="/", fstype="ext4", source="/dev/sda1"),
+                Mount(mount_id=2, parent_id=1, mountpoint="/proc", root="/", fstype=parent_fstype, source="proc"),
+                Mount(mount_id=3, parent_id=2, mountpoint=mountpoint, root="/meminfo", fstype="fuse",
+                      source="libvirt", fuse_server="libvirt_lxc[42]",
+                      external=ext("remap rule `mount` (CRIU external mnt[/proc/meminfo]:proc-meminfo on dump, "
+                                   "mnt[proc-meminfo]:HOST_PATH on restore)"))),
+    )
+
+
+def test_fuse_file_over_proc_maps_to_the_hosts_own_file() -> None:
+    """#14: not path = "/meminfo" (the path inside the FUSE fs, on no host): derived from the mount's parent."""
+    (rule, why, _), = suggest_rules(_fuse_ct("proc"))
+    assert rule.fields == {"mountpoint": "/proc/meminfo", "path": "/proc/meminfo"}
+    assert any("libvirt_lxc[42]" in w for w in why)
+    # the same shape at another place derives that place (no special case on the string "meminfo")
+    (rule, _, _), = suggest_rules(_fuse_ct("proc", "/proc/uptime"))
+    assert rule.fields["path"] == "/proc/uptime"
+
+
+def test_fuse_mount_it_cannot_place_is_said_plainly(capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from ctconsole import inventory
+    from ctconsole.cli import main
+    from ctconsole.remap.suggest import UNDECIDED, undecided
+
+    c = _fuse_ct("tmpfs")
+    text = suggest(c)
+    assert 'path = "/CHANGE-ME"' in text and f"# {UNDECIDED} which host path replaces /proc/meminfo" in text
+    (decision,) = undecided(text)
+    assert decision.startswith(UNDECIDED) and "no mount of that filesystem is visible" in decision
+    monkeypatch.setattr(inventory, "resolve", lambda ref: c)
+    assert main(["rules", "suggest", "lv-1"]) == 0
+    err = capsys.readouterr().err
+    assert f"rules suggest: {UNDECIDED} which host path replaces /proc/meminfo" in err

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ctconsole.migrate.engine import Migration, MigrationRequest, Refusal
+from ctconsole.migrate.engine import Migration, MigrationRequest
+from ctconsole.migrate.options import Refusal
 
 
 def _choose(strategy: str, src_track: bool, dst_track: bool) -> str:

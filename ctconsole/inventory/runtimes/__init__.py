@@ -4,7 +4,9 @@ Why after the kernel: containers are found from pid namespaces first (the
 kernel is the truth and needs no runtime cooperation); each detector then
 recognises its runtime's controller process or state files and supplies the
 runtime's id, name, root path and controller. The first detector that
-recognises a container wins; ``namespaces`` is the fallback.
+recognises a container wins; ``namespaces`` is the fallback. A container a
+migration restored here is named from its adoption record (``adopted``) first,
+unless runc itself has adopted it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class RuntimeInfo:
     name: str
     controller_pid: int = 0
     root_path: str = ""
+    note: str = ""  # what the operator should know about how the runtime manages it (e.g. it does not)
 
 
 @dataclass
@@ -47,7 +50,10 @@ def identify(init_pid: int, view: HostView, runc_states: dict[int, RuntimeInfo])
     """RuntimeInfo from the first detector that recognises the container, or None."""
     if init_pid in runc_states:
         return runc_states[init_pid]
-    from ctconsole.inventory.runtimes import libvirt_lxc, lxc, nspawn  # they import this module
+    from ctconsole.inventory.runtimes import adopted, libvirt_lxc, lxc, nspawn  # they import this module
+
+    if (info := adopted.records(view.stats).get(init_pid)) is not None:
+        return info  # restored here by a migration: the source's runtime, id and name
 
     for detect in (libvirt_lxc.detect, lxc.detect, nspawn.detect):
         info = detect(init_pid, view)

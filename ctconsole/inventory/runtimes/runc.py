@@ -53,3 +53,21 @@ def states(root_globs: tuple[str, ...] = ROOT_GLOBS) -> dict[int, RuntimeInfo]:
                 name = _docker_name(cid) if "moby" in root else ""
                 out[pid] = RuntimeInfo("runc", str(st.get("id") or cid), name or str(st.get("id") or cid), 0, rootfs)
     return out
+
+
+def find_state(cid: str, root_globs: tuple[str, ...] = ROOT_GLOBS) -> tuple[str, dict[str, object]] | None:
+    """(runc root dir, parsed state.json) of container ``cid``, or None when no root has it.
+
+    Why: a migration sends this to the destination, which rewrites it for the
+    restored pid so runc there manages the container (ctconsole/migrate/adopt.py).
+    """
+    for pattern in root_globs:
+        for root in glob.glob(pattern):
+            try:
+                with open(os.path.join(root, cid, "state.json")) as f:
+                    st = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if isinstance(st, dict):
+                return root, st
+    return None

@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 from textual.screen import Screen
+from textual.widgets import Input, TextArea
 from textual.worker import Worker, WorkerState
+
+from ctconsole.ui import keymap
 
 if TYPE_CHECKING:
     from ctconsole.ui.app import CtConsoleApp
@@ -29,6 +32,21 @@ class BaseScreen(Screen[None]):
     @property
     def backend(self) -> Backend:
         return self.console.backend
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """A key that would be typed into the focused field is off (and out of the footer);
+        otherwise the screen's own :meth:`offer` decides."""
+        if self.typing() and keymap.typed_only(self.SCOPE, action, self.console.user_keymap):
+            return False
+        return self.offer(action)
+
+    def offer(self, action: str) -> bool | None:
+        """Whether ``action`` makes sense now (False hides it from the footer). Screens override."""
+        return True
+
+    def typing(self) -> bool:
+        """Whether a text field has the focus (printable keys go into it)."""
+        return isinstance(self.focused, Input | TextArea)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:

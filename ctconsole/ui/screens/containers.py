@@ -28,7 +28,7 @@ COLUMNS = (
     ("pid", "Init PID", 8),
     ("procs", "Procs", 5),
     ("ext", "Ext", 3),
-    ("check", "Check", 11),
+    ("check", "Check", 17),  # the CLI's verdict words, "NO KNOWN BLOCKERS" whole
 )
 
 
@@ -70,6 +70,7 @@ class ContainersScreen(BaseScreen):
         self._stale = False
         self.scans = 0
         self._host_down: dict[str, bool] = {}  # host -> last scan failed (marked in the hosts list)
+        self._select_name = ""  # select this container (by name) when the next scan lists it
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -126,6 +127,8 @@ class ContainersScreen(BaseScreen):
             self.sync_table()
         elif changed:
             self._stale = True  # painted when the operator comes back (on_screen_resume)
+        if self._select_name:
+            self._select_by_name()
         if self.scans == 1:
             self.call_after_refresh(self.console.settle_gc)
         self._rearm()
@@ -256,8 +259,44 @@ class ContainersScreen(BaseScreen):
         if host != self.host:
             self.switch_host(host)
 
+    async def show_on(self, host: str, name: str) -> None:
+        """Show ``host`` (added to the hosts list if new) with container ``name`` selected once scanned."""
+        if host not in self.console.hosts:
+            self.console.hosts.append(host)
+            if len(self.console.hosts) == 2:
+                hosts = OptionList(*(host_label(h) for h in self.console.hosts), id="hosts")
+                with self.prevent(OptionList.OptionHighlighted):
+                    await self.query_one("#containers-body", Horizontal).mount(hosts, before=0)
+                    hosts.highlighted = self.console.hosts.index(self.host)
+            else:
+                self.query_one("#hosts", OptionList).add_option(host_label(host))
+        self._select_name = name
+        if self.filter_text:
+            self.action_clear_filter()  # the whole list of that host, with it selected
+        self.query_one("#containers", DataTable).focus()
+        if host != self.host:
+            with self.prevent(OptionList.OptionHighlighted):
+                self.query_one("#hosts", OptionList).highlighted = self.console.hosts.index(host)
+            self.switch_host(host)
+        else:
+            self.action_refresh()
+
+    def _select_by_name(self) -> None:
+        table = self.query_one("#containers", DataTable)
+        keys = [str(rk.value) for rk in table.rows]
+        for n, key in enumerate(keys):
+            c = self.containers.get(key)
+            if c is not None and c.name == self._select_name:
+                table.move_cursor(row=n)
+                self._select_name = ""
+                self.query_one("#containers-status", Static).update(
+                    f"{c.name} now runs on {self.host} (id {c.id}) · {len(self.containers)} containers here"
+                )
+                return
+
     def switch_host(self, host: str) -> None:
         self.host = host
+        self.refresh_bindings()
         self.sub_title = f"host {host}"
         self.containers = {}
         self.query_one("#containers", DataTable).clear()
@@ -265,8 +304,10 @@ class ContainersScreen(BaseScreen):
         self.scan()
 
     # --------------------------------------------------------------- actions
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+    def offer(self, action: str) -> bool | None:
         """``h`` is offered (and in the footer) only when there is another host to go to."""
+        if action in ("rules", "migrate"):
+            return not self.backend.is_remote(self.host)  # they run where the container is (see refuse_remote)
         if action == "next_host":
             return len(self.console.hosts) > 1
         return True

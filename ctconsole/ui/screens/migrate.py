@@ -10,12 +10,12 @@ events come, the UI repaints at its own pace and keys stay responsive.
 from __future__ import annotations
 
 import threading
+import time
 
 from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.suggester import SuggestFromList
 from textual.widgets import (
     Button,
     Footer,
@@ -23,6 +23,7 @@ from textual.widgets import (
     Input,
     Label,
     Log,
+    OptionList,
     ProgressBar,
     RadioButton,
     RadioSet,
@@ -31,10 +32,20 @@ from textual.widgets import (
 )
 from textual.worker import Worker
 
+from ctconsole.commands.destinations import Destination, reach_word
+from ctconsole.migrate import events as ev
 from ctconsole.model import Container
 from ctconsole.ui import keymap
-from ctconsole.ui.backend import LOCAL_HOST, NEXT_STEPS, Done, MigrationHandle, MigrationState, UiEvent, fold
-from ctconsole.ui.messages import MigrationFinished, MigrationTick, PreviewReady
+from ctconsole.ui.backend import (
+    LOCAL_HOST,
+    NEXT_STEPS,
+    MigrationHandle,
+    MigrationState,
+    fold,
+    rules_label,
+    source_sentence,
+)
+from ctconsole.ui.messages import DestinationsLoaded, MigrationFinished, MigrationTick, PreviewReady
 from ctconsole.ui.screens.base import BaseScreen
 from ctconsole.ui.screens.modals import ConfirmScreen
 from ctconsole.ui.widgets.progress import MigrationStats, PhaseTimeline, human_time
@@ -42,6 +53,28 @@ from ctconsole.ui.widgets.render import theme_color
 
 RENDER_HZ = 20
 RESULT_COLOR = {"migrated": "success", "rolled-back": "warning", "failed": "error"}
+
+
+def ago(seconds: float) -> str:
+    """``5 min ago``, ``3 h ago``, ``2 d ago``: how long since a destination was last used."""
+    if seconds < 60:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return "just now"
+
+
+def dest_prompt(d: Destination) -> Text:
+    """One picker line: DEST, then (dim) its kind, whether it answers, and when it was last used."""
+    t = Text(d.dest)
+    used = f"used {ago(time.time() - d.last_used)}" if d.last_used else ""
+    reach = reach_word(d)
+    t.append(f"  {d.kind}", style="dim")
+    t.append(f"  {reach}", style="bold red" if d.reachable is False else "dim")
+    if used:
+        t.append(f"  {used}", style="dim")
+    return t
 
 
 class MigrateScreen(BaseScreen):
@@ -56,6 +89,9 @@ class MigrateScreen(BaseScreen):
         self.state = MigrationState()
         self.running = False
         self.finished = False
+        self.dest_used = ""
+        self.destinations: list[Destination] = []
+        self._shown: list[Destination] = []  # the picker's rows (filtered by what is typed)
         self._lock = threading.Lock()
         self._log_shown = 0
         self._pending: MigrationState | None = None
@@ -65,32 +101,27 @@ class MigrateScreen(BaseScreen):
         self.renders = 0  # progress repaints (at most RENDER_HZ a second)
 
     def compose(self) -> ComposeResult:
-        hosts = [h for h in self.console.hosts if h != LOCAL_HOST]
         yield Header()
         with Vertical(id="setup"):
-            with Horizontal(classes="form-row -with-hint" if hosts else "form-row"):
+            with Horizontal(classes="form-row -with-hint"):
                 yield Label("Destination", classes="form-label")
                 yield Input(
-                    self.initial_dest or (hosts[0] if hosts else ""),
-                    placeholder="ssh://host or netns:NAME",
-                    suggester=SuggestFromList([*hosts, "netns:"], case_sensitive=False),
+                    self.initial_dest,
+                    placeholder="pick below (↑/↓) or type ssh://host, netns:NAME",
                     id="dest",
                     compact=True,
                 )
-            if hosts:
-                yield Label(
-                    "↑/↓: " + ", ".join(hosts),
-                    id="dest-hosts",
-                    classes="form-hint",
-                    markup=False,
-                )
+            yield OptionList(id="dest-list")
             with Horizontal(classes="form-row", id="strategy-row"):
                 yield Label("Strategy", classes="form-label")
                 with RadioSet(id="strategy"):
                     for n, s in enumerate(self.backend.strategies()):
                         yield RadioButton(s, value=n == 0, id=f"strategy-{s}")
+            with Horizontal(classes="form-row", id="rules-row"):
+                yield Label("Rules file", classes="form-label")
+                yield Static(id="rules-file", markup=False)
             with VerticalScroll(id="preview-box"):
-                yield Static("p: preview what will happen · ctrl+g: start", id="mig-preview", markup=False)
+                yield Static("ctrl+r: preview what will happen · ctrl+g: start", id="mig-preview", markup=False)
             yield Button("Start migration (ctrl+g)", id="start", variant="warning", compact=True)
         with Vertical(id="progress"):
             yield PhaseTimeline(id="timeline")
@@ -107,19 +138,78 @@ class MigrateScreen(BaseScreen):
         self.query_one("#progress").display = False
         self.query_one("#preview-box").border_title = "Preview"
         self.query_one("#rate-spark").border_title = "rate"
-        self.query_one("#dest", Input).focus()
+        box = self.query_one("#dest", Input)
+        if not box.value:
+            box.value = self.console.dest_for.get(self.console.container_key(self.container), "")
+        box.cursor_position = len(box.value)
+        box.focus()
+        self.show_rules_file()
+        self.load_destinations()
 
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+    def offer(self, action: str) -> bool | None:
         """Offer (and show in the footer) only the keys that make sense in the current phase."""
-        if action in ("preview", "start"):
+        if action in ("preview", "start", "rules_file"):
             return not (self.running or self.finished)
         if action == "abort":
             return self.running
         if action == "open_log":
             return self.finished
+        if action == "follow":
+            return self.finished and self.state.done is not None and self.state.done.migrated
+        if action == "back":
+            return not self.running
         return True
 
     # ------------------------------------------------------------------ form
+    @work(thread=True, exclusive=True, exit_on_error=False, group="destinations")
+    def load_destinations(self) -> None:
+        hosts = [h for h in self.console.hosts if h != LOCAL_HOST]
+        self.post_message(DestinationsLoaded(self.backend.destinations(hosts)))
+
+    def on_destinations_loaded(self, message: DestinationsLoaded) -> None:
+        """Known destinations, the ones used this session first (then the journal's order)."""
+        used = self.console.used_dests
+        found = {d.dest: d for d in message.destinations}
+        for dest in used:
+            found.setdefault(dest, Destination(dest, "used"))
+        self.destinations = [*(found[d] for d in used), *(d for d in found.values() if d.dest not in used)]
+        self.filter_destinations()
+
+    def filter_destinations(self) -> None:
+        typed = self.dest().lower()
+        picker = self.query_one("#dest-list", OptionList)
+        exact = any(d.dest.lower() == typed for d in self.destinations)
+        self._shown = [d for d in self.destinations if exact or not typed or typed in d.dest.lower()]
+        picker.clear_options()
+        picker.add_options([dest_prompt(d) for d in self._shown])
+        if not self._shown:
+            picker.add_option(Text("no known destination matches: the typed one is used", style="dim"))
+        else:
+            picker.highlighted = next((n for n, d in enumerate(self._shown) if d.dest.lower() == typed), None)
+
+    @on(Input.Changed, "#dest")
+    def _dest_typed(self, event: Input.Changed) -> None:
+        if not event.input.has_focus or event.value in {d.dest for d in self._shown}:
+            return
+        self.filter_destinations()
+
+    @on(OptionList.OptionSelected, "#dest-list")
+    def _dest_picked(self, event: OptionList.OptionSelected) -> None:
+        if 0 <= event.option_index < len(self._shown):
+            self.set_dest(self._shown[event.option_index].dest)
+            self.query_one("#dest", Input).focus()
+
+    def set_dest(self, dest: str) -> None:
+        box = self.query_one("#dest", Input)
+        with self.prevent(Input.Changed):
+            box.value = dest
+        box.cursor_position = len(dest)
+        self.console.dest_for[self.console.container_key(self.container)] = dest
+
+    def show_rules_file(self) -> None:
+        path = self.console.rules_file
+        self.query_one("#rules-file", Static).update(f"{rules_label(path)}  (ctrl+o switches)")
+
     def dest(self) -> str:
         return self.query_one("#dest", Input).value.strip()
 
@@ -128,38 +218,55 @@ class MigrateScreen(BaseScreen):
         btn = rs.pressed_button
         return str(btn.label) if btn is not None else self.backend.strategies()[0]
 
+    def action_rules_file(self) -> None:
+        from ctconsole.ui.screens.modals import RulesFileScreen
+
+        def chosen(path: str | None) -> None:
+            if path is not None:
+                self.console.use_rules_file(path)
+                self.show_rules_file()
+                if self.dest():
+                    self.action_preview()
+
+        app = self.console
+        default = self.backend.default_rules_file()
+        self.app.push_screen(RulesFileScreen(app.rules_file, app.recent_rules, default), chosen)
+
     def action_preview(self) -> None:
         if self.running or self.finished:
             return
         if not self.dest():
-            self.notify("enter a destination first", severity="warning", timeout=3, markup=False)
+            self.notify("pick or type a destination first", severity="warning", timeout=3, markup=False)
             return
+        self.console.dest_for[self.console.container_key(self.container)] = self.dest()
         self.query_one("#mig-preview", Static).update("preparing the preview…")
-        self.preview(self.dest(), self.strategy())
+        self.preview(self.dest(), self.strategy(), self.console.rules_file)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="preview")
-    def preview(self, dest: str, strategy: str) -> None:
-        self.post_message(PreviewReady(self.backend.preview_migration(self.container.id, dest, strategy)))
+    def preview(self, dest: str, strategy: str, rules_file: str) -> None:
+        lines = self.backend.preview_migration(self.container.id, dest, strategy, rules_file)
+        self.post_message(PreviewReady(lines))
 
     def on_preview_ready(self, message: PreviewReady) -> None:
         self.query_one("#mig-preview", Static).update("\n".join(message.lines))
 
     def on_key(self, event: events.Key) -> None:
-        """Up/down in the destination cycle through the ``--host`` values (the hosts the console lists).
+        """Up/down in the destination field walk the picker and fill the field.
 
-        Why: typing ``ssh://root@db1:2222`` again when it is already on the
-        command line is error-prone; the suggester only completes what was typed.
+        Why from the field: the operator types and picks without moving the
+        focus; what is typed filters the list, and any text is still accepted.
         """
         box = self.query_one("#dest", Input)
-        hosts = [h for h in self.console.hosts if h != LOCAL_HOST]
-        if self.focused is not box or event.key not in ("up", "down") or not hosts:
+        if self.focused is not box or event.key not in ("up", "down") or not self._shown:
             return
         event.stop()
         event.prevent_default()
-        cur = hosts.index(box.value) if box.value in hosts else -1
+        picker = self.query_one("#dest-list", OptionList)
+        cur = picker.highlighted
         step = 1 if event.key == "down" else -1
-        box.value = hosts[(cur + step) % len(hosts)] if cur >= 0 else hosts[0 if step > 0 else -1]
-        box.cursor_position = len(box.value)
+        idx = (cur + step) % len(self._shown) if cur is not None else (0 if step > 0 else len(self._shown) - 1)
+        picker.highlighted = idx
+        self.set_dest(self._shown[idx].dest)
 
     @on(Input.Submitted, "#dest")
     def _dest_submitted(self) -> None:
@@ -172,19 +279,20 @@ class MigrateScreen(BaseScreen):
     def action_start(self) -> None:
         if self.running or self.finished:
             return
-        dest, strategy = self.dest(), self.strategy()
+        dest, strategy, rules_file = self.dest(), self.strategy(), self.console.rules_file
         if not dest:
-            self.notify("enter a destination first", severity="warning", timeout=3, markup=False)
+            self.notify("pick or type a destination first", severity="warning", timeout=3, markup=False)
             return
+        self.console.dest_for[self.console.container_key(self.container)] = dest
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self.begin(dest, strategy)
+                self.begin(dest, strategy, rules_file)
 
         self.app.push_screen(
             ConfirmScreen(
                 f"Migrate {self.container.name} to {dest}?",
-                f"strategy {strategy}; the container is frozen briefly. "
+                f"strategy {strategy}; rules {rules_label(rules_file)}; the container is frozen briefly. "
                 "On any failure before confirm, the source is resumed.",
                 yes="Migrate (y)",
             ),
@@ -192,22 +300,24 @@ class MigrateScreen(BaseScreen):
         )
 
     # ------------------------------------------------------------- progress
-    def begin(self, dest: str, strategy: str) -> None:
+    def begin(self, dest: str, strategy: str, rules_file: str) -> None:
         self.running = True
+        self.dest_used = dest
+        self.console.used_dests = [dest, *[d for d in self.console.used_dests if d != dest]]
         self.refresh_bindings()
         self.query_one("#setup").display = False
         self.query_one("#progress").display = True
         self.query_one("#outcome").display = False
-        self.sub_title = f"to {dest} · {strategy} · a: abort"
+        self.sub_title = f"to {dest} · {strategy} · rules {rules_label(rules_file)} · a: abort"
         self.query_one("#mig-log", Log).focus()
-        self.launch(dest, strategy)
+        self.launch(dest, strategy, rules_file)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="migrate")
-    def launch(self, dest: str, strategy: str) -> None:
+    def launch(self, dest: str, strategy: str, rules_file: str) -> None:
         """Start the engine; its events come back through :meth:`engine_event` from any thread."""
-        self.handle = self.backend.start_migration(self.container.id, dest, strategy, None, self.engine_event)
+        self.handle = self.backend.start_migration(self.container.id, dest, strategy, rules_file, self.engine_event)
 
-    def engine_event(self, ev: UiEvent) -> None:
+    def engine_event(self, event: ev.Event) -> None:
         """Called on the engine's thread: fold, then post (thread-safe).
 
         At most one tick is in flight: while the UI has not taken the last one,
@@ -216,12 +326,12 @@ class MigrateScreen(BaseScreen):
         handled tick, not one per event.
         """
         with self._lock:
-            self.state = fold(self.state, ev)
+            self.state = fold(self.state, event)
             state = self.state
-            post_tick = not self._tick_in_flight and not isinstance(ev, Done)
+            post_tick = not self._tick_in_flight and not isinstance(event, ev.Done)
             if post_tick:
                 self._tick_in_flight = True
-        if isinstance(ev, Done):
+        if isinstance(event, ev.Done):
             self.post_message(MigrationFinished(state))
         elif post_tick:
             self.post_message(MigrationTick(state))
@@ -232,12 +342,16 @@ class MigrateScreen(BaseScreen):
             t = Text(f"{error}\n", style=f"bold {theme_color(self.app, 'error')}")
             for line in getattr(error, "details", []):
                 t.append(f"{line}\n")
-            t.append("\nFix it in the rules editor (escape, then e), or start anyway (ctrl+g).", style="italic")
+            t.append(
+                "\nFix it: escape, then c (check) and e (the editor with every suggested rule); "
+                "ctrl+o switches the rules file.",
+                style="italic",
+            )
             self.query_one("#mig-preview", Static).update(t)
             return
         if worker.group == "migrate":
             # the engine could not even start: show it as a failed outcome, not a crash
-            self.engine_event(Done("failed", str(error), next_steps=NEXT_STEPS["failed"]))
+            self.engine_event(ev.Done("failed", str(error), source="untouched"))
         self.console.show_error(error, title="Migration")
 
     def on_migration_tick(self, message: MigrationTick) -> None:
@@ -263,9 +377,9 @@ class MigrateScreen(BaseScreen):
     def on_migration_finished(self, message: MigrationFinished) -> None:
         self.running = False
         self.finished = True
-        self.refresh_bindings()
         self.render_state(message.state)
         self.show_outcome(message.state)
+        self.refresh_bindings()
 
     def render_state(self, state: MigrationState) -> None:
         self.query_one("#timeline", PhaseTimeline).show(state)
@@ -290,19 +404,29 @@ class MigrateScreen(BaseScreen):
         t = Text()
         t.append(f" {done.result.upper()} ", style=f"bold reverse {color}")
         t.append(f"  {done.message}")
-        if done.downtime_ms is not None:
-            t.append(f"  · downtime {human_time(done.downtime_ms / 1000)}")
+        if state.downtime is not None:
+            t.append(f"  · downtime {human_time(state.downtime)}")
+        survived = done.source_survived
+        t.append(f"\n{'✔' if survived or done.migrated else '✘'} {source_sentence(done)}",
+                 style="bold" if survived is False else "")
         for err in done.errors[:3]:
             t.append(f"\n✗ {err}", style=theme_color(self.app, "error"))
             if why := self.backend.explain(err):
                 t.append(f"\n  {why}", style="italic")
-        for step in done.next_steps or NEXT_STEPS.get(done.result, ()):
+        if done.migrated:
+            t.append(f"\n→ enter: show {self.container.name} on {self.dest_used}")
+        for step in NEXT_STEPS.get(done.result, ()):
             t.append(f"\n→ {step}")
         outcome = self.query_one("#outcome", Static)
         outcome.update(t)
         outcome.display = True
         self.call_after_refresh(self.query_one("#mig-log", Log).scroll_end, animate=False)
-        self.sub_title = f"{done.result} · esc: back · t: log"
+        self.sub_title = f"{done.result} · " + ("enter: show it · " if done.migrated else "esc: back · ") + "t: log"
+
+    def action_follow(self) -> None:
+        """The migrated container on its new host (the screens that held its old id are dropped)."""
+        if self.state.done is not None and self.state.done.migrated:
+            self.console.follow(self.container, self.dest_used)
 
     # --------------------------------------------------------------- abort
     def action_abort(self) -> None:
@@ -330,11 +454,18 @@ class MigrateScreen(BaseScreen):
             self.handle.abort()
 
     def action_open_log(self) -> None:
-        path = self.state.done.log_path if self.state.done else ""
+        path = self.state.done.journal if self.state.done else ""
         self.console.action_troubleshoot(path)
 
     def action_back(self) -> None:
         if self.running:
             self.notify("a migration is running: abort it first (a)", severity="warning", timeout=3, markup=False)
+            return
+        done = self.state.done
+        if done is not None and done.migrated:
+            self.action_follow()  # never back to screens that point at where the container was
+            return
+        if done is not None and done.source_survived is False:
+            self.console.follow(self.container, LOCAL_HOST)  # it is gone: the list, not its old screens
             return
         self.dismiss()

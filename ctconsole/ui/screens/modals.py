@@ -6,6 +6,9 @@ and all three work without a mouse (escape closes, y/n answer).
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,6 +17,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Static
 
 from ctconsole.ui import keymap
+from ctconsole.ui.backend import rules_label
 
 
 class HelpScreen(Screen[None]):
@@ -103,4 +107,57 @@ class ErrorScreen(ModalScreen[None]):
                 yield Static(body, id="error-body", markup=False)
 
     def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class RulesFileScreen(ModalScreen[str | None]):
+    """Choose the rules file in use: the recent ones, the default one, none, or a typed path.
+
+    Answers the path ("" for none) or None when cancelled. Why a short list
+    plus a field: most sessions switch between the default file and one or
+    two files written by ``rules suggest > r.toml``; any other is typed.
+    """
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, current: str, recent: list[str], default: str) -> None:
+        super().__init__()
+        self.current = current
+        self.choices: list[str] = []
+        for path in [*recent, default]:
+            if path and path not in self.choices:
+                self.choices.append(path)
+        self.choices.append("")  # none
+        self.default = default
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import Input, OptionList
+
+        def label(path: str) -> str:
+            if not path:
+                return "none: no rules (the check shows what needs one)"
+            tags = [t for t, on in (("default", path == self.default), ("in use", path == self.current)) if on]
+            return rules_label(path) + (f"  ({', '.join(tags)})" if tags else "")
+
+        with Vertical(classes="modal-box", id="rules-file-box"):
+            yield Static("Rules file  (enter picks, esc cancels)", classes="modal-title", markup=False)
+            yield OptionList(*(label(p) for p in self.choices), id="rules-files")
+            yield Input(placeholder="or type a path and press enter", id="rules-path", compact=True)
+
+    def on_mount(self) -> None:
+        from textual.widgets import OptionList
+
+        files = self.query_one("#rules-files", OptionList)
+        files.highlighted = self.choices.index(self.current) if self.current in self.choices else 0
+        files.focus()
+
+    def on_option_list_option_selected(self, event: Any) -> None:
+        self.dismiss(self.choices[event.option_index])
+
+    def on_input_submitted(self, event: Any) -> None:
+        path = str(event.value).strip()
+        if path:
+            self.dismiss(str(Path(path).expanduser()))
+
+    def action_cancel(self) -> None:
         self.dismiss(None)

@@ -17,9 +17,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Select, Static
 from textual.worker import Worker
 
+from ctconsole import remap
 from ctconsole.model import Container
+from ctconsole.remap import KindSpec, Rule
 from ctconsole.ui import keymap
-from ctconsole.ui.backend import Backend, Rule, RuleKind
+from ctconsole.ui.backend import Backend, option_lines, rule_summary, rules_label
 from ctconsole.ui.messages import OptionsCompiled, RulesLoaded
 from ctconsole.ui.screens.base import BaseScreen
 from ctconsole.ui.screens.modals import ConfirmScreen
@@ -35,16 +37,20 @@ class RuleFormScreen(ModalScreen[Rule | None]):
     ]
 
     def __init__(
-        self, backend: Backend, kinds: tuple[RuleKind, ...], rule: Rule | None = None, editing: bool = False
+        self, backend: Backend, ref: str, rule: Rule | None = None, editing: bool = False
     ) -> None:
         super().__init__()
         self.backend = backend
-        self.kinds = kinds
-        self.rule = rule or Rule(kinds[0].name, {})
+        self.ref = ref
+        self.kinds = backend.rule_kinds()
+        self.rule = rule or Rule(self.kinds[0].name, {})
+        self.values = remap.rule_to_form(self.rule)
         self.editing = editing
         self.problems: list[str] = []
+        self.touched: set[str] = set()  # fields the operator typed in (defaults never overwrite them)
+        self.defaulted: set[str] = set()  # fields holding a default (a new default replaces it)
 
-    def spec(self) -> RuleKind:
+    def spec(self) -> KindSpec:
         return next((k for k in self.kinds if k.name == self.rule.kind), self.kinds[0])
 
     def compose(self) -> ComposeResult:
@@ -76,7 +82,7 @@ class RuleFormScreen(ModalScreen[Rule | None]):
             out.append(Label(f.label + optional, markup=False))
             out.append(
                 Input(
-                    self.rule.values.get(f.name, ""),
+                    self.values.get(f.name, ""),
                     placeholder=f.placeholder,
                     id=f"field-{f.name}",
                     classes="rule-field",
@@ -94,16 +100,37 @@ class RuleFormScreen(ModalScreen[Rule | None]):
         )
         if target is not None:
             target.focus()
+        self.fill_defaults()
         self.validate()
 
     def current(self) -> Rule:
-        values = {}
+        values: dict[str, str] = {"kind": self.spec().name}
         for f in self.spec().fields:
-            try:
-                values[f.name] = self.query_one(f"#field-{f.name}", Input).value.strip()
-            except Exception:
-                values[f.name] = self.rule.values.get(f.name, "")
-        return Rule(self.spec().name, values)
+            found = self.query(f"#field-{f.name}")
+            values[f.name] = found.first(Input).value.strip() if found else self.values.get(f.name, "")
+        return remap.rule_from_form(values)
+
+    def fill_defaults(self) -> None:
+        """Blank fields the operator has not typed in get what remap would suggest (e.g. a mount's
+        host path on the destination: the source's path)."""
+        try:
+            defaults = self.backend.form_defaults(self.ref, self.current())
+        except Exception:  # a default is a convenience: never let it break the form
+            return
+        for name in self.defaulted - set(defaults) - self.touched:
+            for box in self.query(f"#field-{name}").results(Input):
+                with self.prevent(Input.Changed):
+                    box.value = ""  # the default no longer applies to what was typed
+        self.defaulted &= set(defaults)
+        for name, value in defaults.items():
+            found = self.query(f"#field-{name}")
+            if not found or name in self.touched:
+                continue
+            box = found.first(Input)
+            if not box.value or name in self.defaulted:
+                self.defaulted.add(name)
+                with self.prevent(Input.Changed):
+                    box.value = value
 
     def validate(self) -> bool:
         self.rule = self.current()
@@ -124,14 +151,23 @@ class RuleFormScreen(ModalScreen[Rule | None]):
         if event.value == self.rule.kind or not isinstance(event.value, str):
             return
         self.rule = Rule(event.value, {})
+        self.values = {"kind": event.value}
+        self.touched, self.defaulted = set(), set()
         self.query_one("#rule-help", Static).update(self.spec().help)
         fields = self.query_one("#rule-fields", VerticalScroll)
         await fields.remove_children()
         await fields.mount_all(self._fields())
+        fields.query(".rule-field").first(Input).focus()
+        self.fill_defaults()
         self.validate()
 
     @on(Input.Changed, ".rule-field")
     def _changed(self, event: Input.Changed) -> None:
+        name = (event.input.id or "").removeprefix("field-")
+        self.touched.add(name)
+        self.defaulted.discard(name)
+        if name in ("mountpoint", "interface", "peer", "source", "fd_path"):
+            self.fill_defaults()
         self.validate()
 
     @on(Input.Submitted, ".rule-field")
@@ -162,14 +198,27 @@ class RulesScreen(BaseScreen):
     SCOPE = "rules"
     BINDINGS = keymap.bindings(SCOPE)
 
-    def __init__(self, container: Container, prefill: tuple[str, dict[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        container: Container,
+        prefill: Rule | None = None,
+        dest: str = "",
+        suggested: list[Rule] | None = None,
+        return_on_save: bool = False,
+    ) -> None:
+        """``prefill`` opens the form for one rule; ``suggested`` adds these drafts to the loaded rules
+        (unsaved); ``return_on_save``: saving goes back to the screen that opened the editor."""
         super().__init__()
         self.container = container
         self.prefill = prefill
+        self.dest = dest
+        self.suggested = suggested
+        self.return_on_save = return_on_save
         self.rules: list[Rule] = []
         self.dirty = False
         self.generation = 0
         self.loaded = False
+        self.rules_file = ""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -188,22 +237,27 @@ class RulesScreen(BaseScreen):
 
     def on_mount(self) -> None:
         self.title = f"Rules: {self.container.name}"
+        # the file in use, or the default one when the session runs without rules (saving switches to it)
+        self.rules_file = self.console.rules_file or self.backend.default_rules_file()
         self.query_one("#preview-box").border_title = "Compiled CRIU options"
         self.query_one("#rules", DataTable).focus()
         self.load()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="rules-load")
     def load(self) -> None:
-        self.post_message(RulesLoaded(self.container.id, self.backend.load_rules(self.container.id)))
+        rules = self.backend.load_rules(self.container.id, self.rules_file)
+        self.post_message(RulesLoaded(self.container.id, rules))
 
     def on_rules_loaded(self, message: RulesLoaded) -> None:
         self.rules = list(message.rules)
         self.loaded = True
+        if self.suggested:
+            self._add_suggested(self.suggested)
+            self.suggested = None
         self.refresh_rules()
         if self.prefill is not None:
-            kind, values = self.prefill
-            self.prefill = None
-            self.open_form(Rule(kind, values), None)
+            rule, self.prefill = self.prefill, None
+            self.open_form(rule, None)
 
     def worker_failed(self, worker: Worker[object], error: BaseException) -> None:
         if worker.group == "rules-load":
@@ -216,24 +270,25 @@ class RulesScreen(BaseScreen):
         row = table.cursor_row
         table.clear()
         for n, r in enumerate(self.rules):
-            table.add_row(plain(r.kind), plain(r.summary()), key=str(n))
+            table.add_row(plain(r.kind), plain(rule_summary(r)), key=str(n))
         if self.rules:
             table.move_cursor(row=min(row, len(self.rules) - 1))
         self._show_rule(table.cursor_row if self.rules else None)
         status = f"{len(self.rules)} rule(s)" + (" · unsaved changes (s saves)" if self.dirty else "")
         self.query_one("#rules-status", Static).update(status)
-        self.sub_title = "unsaved" if self.dirty else ""
+        to = f" · to {self.dest}" if self.dest else ""
+        self.sub_title = f"{rules_label(self.rules_file)}{to}" + (" · unsaved" if self.dirty else "")
         self.generation += 1
         self.compile(self.generation, list(self.rules))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="compile")
     def compile(self, gen: int, rules: list[Rule]) -> None:
         try:
-            opts = self.backend.compile_rules(self.container.id, rules)
+            opts = self.backend.compile_rules(self.container.id, rules, self.dest or None)
         except Exception as exc:
             self.post_message(OptionsCompiled(gen, None, exc))
             return
-        self.post_message(OptionsCompiled(gen, opts))
+        self.post_message(OptionsCompiled(gen, option_lines(opts.dump, opts.restore)))
 
     def on_options_compiled(self, message: OptionsCompiled) -> None:
         if message.generation != self.generation:
@@ -247,7 +302,7 @@ class RulesScreen(BaseScreen):
             preview.update(text)
             return
         t = Text()
-        for line in message.options.lines():
+        for line in message.options:
             phase, _, rest = line.partition(": ")
             t.append(f"{phase:<8}", style=f"bold {theme_color(self.app, 'primary')}")
             t.append(rest + "\n")
@@ -269,9 +324,7 @@ class RulesScreen(BaseScreen):
             self.refresh_rules()
             self.query_one("#rules", DataTable).move_cursor(row=len(self.rules) - 1 if index is None else index)
 
-        self.app.push_screen(
-            RuleFormScreen(self.backend, self.backend.rule_kinds(), rule, editing=index is not None), done
-        )
+        self.app.push_screen(RuleFormScreen(self.backend, self.container.id, rule, editing=index is not None), done)
 
     def _show_rule(self, index: int | None) -> None:
         panel = self.query_one("#rule-detail", Static)
@@ -280,8 +333,8 @@ class RulesScreen(BaseScreen):
             return
         rule = self.rules[index]
         t = Text(rule.kind, style="bold")
-        for k, v in rule.values.items():
-            if v:
+        for k, v in remap.rule_to_form(rule).items():
+            if v and k != "kind":
                 t.append(f"\n{k}: ", style=f"bold {theme_color(self.app, 'primary')}")
                 t.append(v)
         panel.update(t)
@@ -316,35 +369,47 @@ class RulesScreen(BaseScreen):
                 self.dirty = True
                 self.refresh_rules()
 
-        self.app.push_screen(ConfirmScreen(f"Delete the {rule.kind} rule?", rule.summary()), answer)
+        self.app.push_screen(ConfirmScreen(f"Delete the {rule.kind} rule?", rule_summary(rule)), answer)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="rules-suggest")
     def suggest(self) -> None:
-        drafts = self.backend.suggest_rules(self.container.id)
+        drafts = self.backend.suggest_rules(self.container.id, self.dest or None)
         self.app.call_from_thread(self._suggested, drafts)
 
+    def _add_suggested(self, drafts: list[Rule]) -> int:
+        """Add the drafts whose slot no rule fills yet (a rule the operator wrote wins); returns how many."""
+        slots = {r.slot() for r in self.rules}
+        new = [r for r in drafts if r.slot() not in slots]
+        self.rules.extend(new)
+        if new:
+            self.dirty = True
+        return len(new)
+
     def _suggested(self, drafts: list[Rule]) -> None:
-        new = [r for r in drafts if r not in self.rules]
-        if not new:
+        n = self._add_suggested(drafts)
+        if not n:
             self.notify("no new suggestions: every external item already has a rule", timeout=3, markup=False)
             return
-        self.rules.extend(new)
-        self.dirty = True
         self.refresh_rules()
-        self.notify(f"added {len(new)} suggested rule(s): review them, then s to save", timeout=4, markup=False)
+        self.notify(f"added {n} suggested rule(s): review them, then s to save", timeout=4, markup=False)
 
     def action_suggest(self) -> None:
         self.suggest()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="rules-save")
     def save(self) -> None:
-        where = self.backend.save_rules(self.container.id, list(self.rules))
+        where = self.backend.save_rules(self.container.id, list(self.rules), self.rules_file)
         self.app.call_from_thread(self._saved, where)
 
     def _saved(self, where: str) -> None:
         self.dirty = False
+        if self.console.rules_file != where:
+            self.console.use_rules_file(where)  # what was just saved is what the checks use now
+        self.notify(f"rules saved to {rules_label(where)}", timeout=4, markup=False)
+        if self.return_on_save:
+            self.dismiss()  # back to the verdict, which re-checks with these rules
+            return
         self.refresh_rules()
-        self.notify(f"rules saved to {where}", timeout=4, markup=False)
 
     def action_save(self) -> None:
         self.save()

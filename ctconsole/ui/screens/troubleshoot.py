@@ -156,6 +156,18 @@ class TroubleshootScreen(BaseScreen):
                 return
         self.notify("no Error lines in this log", timeout=2, markup=False)
 
+    def offer(self, action: str) -> bool | None:
+        """Log keys on the log tab, the history's "open" on the history tab."""
+        tab = self.query_one("#trouble-tabs", TabbedContent).active
+        if action == "open_entry":
+            return tab == "tab-history"
+        if action in ("next_error", "prev_error"):
+            return tab == "tab-log"
+        return True
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.refresh_bindings()  # the footer follows the tab (a click switches it too)
+
     def action_next_error(self) -> None:
         self._jump(1)
 
@@ -167,6 +179,7 @@ class TroubleshootScreen(BaseScreen):
         tabs.active = "tab-history" if tabs.active == "tab-log" else "tab-log"
         target = "#history" if tabs.active == "tab-history" else "#log-lines"
         self.query_one(target).focus()
+        self.refresh_bindings()
 
     def action_open_entry(self) -> None:
         table = self.query_one("#history", DataTable)

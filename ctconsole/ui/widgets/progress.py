@@ -52,20 +52,48 @@ class PhaseTimeline(Static):
         self.update(t)
 
 
+def pages(n: int) -> str:
+    """Pages written, short enough for four rounds on one line: ``812p``, ``33kp``."""
+    return f"{n}p" if n < 1000 else f"{n / 1000:.0f}kp"
+
+
+#: how each transfer kind is named next to its bytes
+KIND_WORDS = {"linked": "linked", "copied": "copied", "streamed": "sent", "storage": "storage"}
+
+
 class MigrationStats(Static):
-    """Rate, bytes, ETA, frozen time and pages per round."""
+    """Bytes per transfer kind, rate, ETA, frozen time and pre-copy rounds.
+
+    Why per kind: images hard-linked on a shared filesystem move no bytes, so
+    "sent 0 B" was a lie; each kind is named for what happened to the bytes.
+    """
 
     def show(self, state: MigrationState) -> None:
         t = Text()
-        total = f" / {human_bytes(state.bytes_total)}" if state.bytes_total else ""
-        t.append("sent   ", style="bold")
-        t.append(f"{human_bytes(state.bytes_sent)}{total}\n")
+        cur = state.transfer
+        kinds = state.bytes_by_kind()
+        if not kinds:
+            t.append("moved  ", style="bold")
+            t.append("—\n")
+        for kind, n in kinds[-2:]:
+            t.append(f"{KIND_WORDS.get(kind, kind):<7}", style="bold")
+            line = human_bytes(n)
+            if cur is not None and cur.kind == kind and cur.total:
+                line += f" / {human_bytes(cur.total)}" if not cur.finished else ""
+                line += f"  {100 * (cur.fraction or 0):.0f}%"
+            if kind == "linked":
+                line += " (no copy)"
+            t.append(line + "\n")
         t.append("rate   ", style="bold")
-        t.append(f"{human_bytes(state.rate)}/s\n")
+        rate = cur.rate if cur is not None and cur.rate > 0 and not cur.finished else 0.0
+        t.append(f"{human_bytes(rate)}/s\n" if rate else "—\n")
         t.append("ETA    ", style="bold")
-        t.append(f"{human_time(state.eta)}\n")
+        t.append(f"{human_time(cur.eta if cur is not None and not cur.finished else None)}\n")
         t.append("frozen ", style="bold")
-        t.append(f"{human_time(state.frozen_ms / 1000) if state.frozen_ms is not None else '—'}\n")
+        t.append(f"{human_time(state.frozen)}\n")
         t.append("rounds ", style="bold")
-        t.append(" ".join(f"{r.round}:{r.pages}p" for r in state.rounds[-6:]) or "—")
+        rounds = " ".join(f"{r.round}:{pages(r.pages_written)}" for r in state.rounds[-3:])
+        if state.final is not None:  # the final dump is not a round: named apart
+            rounds = (rounds + " " if rounds else "") + f"final:{pages(state.final.pages_written)}"
+        t.append(rounds or "—")
         self.update(t)

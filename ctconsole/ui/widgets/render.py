@@ -12,15 +12,15 @@ from typing import Any
 from rich.text import Text
 from textual.app import App
 
+from ctconsole.feasibility.findings import Report
 from ctconsole.model import External
-from ctconsole.ui.backend import Report
+from ctconsole.ui.backend import verdict_word
 
-VERDICT_LABEL = {"ok": "ok", "needs-rules": "needs rules", "blocked": "blocked"}
+VERDICT_STYLE = {"feasible": "success", "no-known-blockers": "success", "needs-rules": "warning", "infeasible": "error"}
 SEVERITY_STYLE = {
     "blocker": "error",
-    "error": "error",
     "needs-rule": "warning",
-    "warning": "warning",
+    "satisfied": "success",
     "auto": "success",
     "info": "primary",
 }
@@ -43,8 +43,8 @@ def verdict_badge(app: App[Any], report: Report | None, checking: bool = False) 
         return Text("checking…", style="italic")
     if report is None:
         return Text("·", style="dim")
-    color = {"ok": "success", "needs-rules": "warning", "blocked": "error"}.get(report.verdict, "foreground")
-    return Text(VERDICT_LABEL.get(report.verdict, report.verdict), style=f"bold {theme_color(app, color)}")
+    color = VERDICT_STYLE.get(report.verdict, "foreground")
+    return Text(verdict_word(report.verdict), style=f"bold {theme_color(app, color)}")
 
 
 def severity_text(app: App[Any], severity: str) -> Text:

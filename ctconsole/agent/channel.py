@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import re
 import select
 import shlex
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -88,13 +88,38 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def read_exact(stream: IO[bytes], n: int) -> bytes | bytearray:
-    """Read exactly ``n`` bytes; b"" means a clean EOF before the first byte."""
+def _waitable_fd(stream: IO[bytes]) -> int | None:
+    """The fd to select() on before reading ``stream``, or None when select cannot tell (buffered, BytesIO)."""
+    if isinstance(stream, (io.BufferedIOBase, io.TextIOBase)):
+        return None
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def read_exact(stream: IO[bytes], n: int, deadline: float | None = None,
+               rest_timeout: float | None = None) -> bytes | bytearray:
+    """Read exactly ``n`` bytes; b"" means a clean EOF before the first byte.
+
+    ``deadline`` (time.monotonic()) bounds the whole read; ``rest_timeout``
+    bounds what follows the first byte (a peer that starts a frame must finish
+    it). Either passing raises ChannelError: a half frame never blocks forever.
+    """
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     readinto = getattr(stream, "readinto", None)
+    fd = _waitable_fd(stream) if deadline is not None or rest_timeout is not None else None
+    rest_deadline: float | None = None  # set once the first byte is in
     while got < n:
+        if fd is not None:
+            limit = deadline
+            if rest_deadline is not None:
+                limit = rest_deadline if limit is None else min(limit, rest_deadline)
+            left = None if limit is None else limit - time.monotonic()
+            if left is not None and (left <= 0 or not select.select([fd], [], [], left)[0]):
+                raise ChannelError(f"no complete frame before the deadline ({got} of {n} bytes arrived)")
         if readinto is not None:
             k = readinto(view[got:])
         else:
@@ -105,19 +130,36 @@ def read_exact(stream: IO[bytes], n: int) -> bytes | bytearray:
             if not got:
                 return b""
             raise ChannelError(f"stream ended inside a frame ({got} of {n} bytes)")
+        if not got and rest_timeout is not None:
+            rest_deadline = time.monotonic() + rest_timeout
         got += k
     return bytes(buf) if n < 65536 else buf  # big frames: skip one copy, protobuf parses bytearrays
 
 
-def read_frame(stream: IO[bytes], limit: int = MAX_FRAME) -> bytes | bytearray | None:
-    """One frame's payload, or None at a clean EOF. Oversized frames raise before reading them."""
-    header = read_exact(stream, _HEADER.size)
+def read_frame(stream: IO[bytes], limit: int = MAX_FRAME, deadline: float | None = None,
+               rest_timeout: float | None = None) -> bytes | bytearray | None:
+    """One frame's payload, or None at a clean EOF. Oversized frames raise before reading them.
+
+    ``deadline`` bounds the whole frame; ``rest_timeout`` what follows its
+    first byte (the agent waits for requests without a deadline, but not for
+    the end of one that started).
+    """
+    start = time.monotonic()
+    header = read_exact(stream, _HEADER.size, deadline, rest_timeout)
     if not header:
         return None
     (size,) = _HEADER.unpack(header)
     if size > limit:
         raise ChannelError(f"peer announced a {size}-byte frame (limit {limit}); closing")
-    return read_exact(stream, size) if size else b""
+    if not size:
+        return b""
+    if rest_timeout is not None:
+        rest = start + rest_timeout if deadline is None else min(deadline, start + rest_timeout)
+        deadline = max(rest, time.monotonic() + 1.0)
+    body = read_exact(stream, size, deadline)
+    if not body:
+        raise ChannelError(f"stream ended inside a frame (0 of {size} bytes)")
+    return body
 
 
 # -- destinations ----------------------------------------------------------------
@@ -210,7 +252,9 @@ class AgentChannel:
             return ["ip", "netns", "exec", d.name, *_local_agent_argv()]
         target = f"{d.user}@{d.host}" if d.user else d.host
         target = target.replace("[", "").replace("]", "")
-        opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=15",
+        # keepalives: the source may be frozen waiting on this link; a dead link must end ssh in ~15 s
+        opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
                 "-o", "ControlMaster=yes", "-o", f"ControlPath={self._ssh_control()}"]
         if d.port:
             opts += ["-p", str(d.port)]
@@ -223,6 +267,16 @@ class AgentChannel:
             os.chmod(d, 0o700)
             self._control_path = d / "ctl"
         return self._control_path
+
+    def ssh_mux(self) -> tuple[list[str], Path, list[str]] | None:
+        """How to ride this agent's SSH connection (page channel, rsync): ssh argv with the operator's
+        options, the control socket, and ``[-p PORT] -- [user@]host``; None when not over ssh."""
+        d = self.dest
+        if d.kind != "ssh":
+            return None
+        target = d.host.replace("[", "").replace("]", "")
+        return (["ssh", *ssh_options()], self._ssh_control(),
+                [*(["-p", str(d.port)] if d.port else []), "--", f"{d.user}@{target}" if d.user else target])
 
     def start(self) -> None:
         fd, name = tempfile.mkstemp(prefix="ctconsole-agent-", suffix=".stderr", dir=self._log_dir)
@@ -299,28 +353,6 @@ class AgentChannel:
         return [f"agent: {ln}" for ln in lines[-n:] if ln.strip()]
 
     # -- ssh port forward ---------------------------------------------------------
-    def forward_port(self, remote_port: int) -> int:
-        """Forward 127.0.0.1:LPORT here to 127.0.0.1:remote_port there (ssh only); returns LPORT.
-
-        Uses the agent connection's control master, so no second authentication.
-        """
-        if self.dest.kind != "ssh":
-            return remote_port
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            lport = s.getsockname()[1]
-        target = self.dest.host.replace("[", "").replace("]", "")
-        argv = ["ssh", *ssh_options(), "-o", f"ControlPath={self._ssh_control()}", "-O", "forward",
-                "-L", f"127.0.0.1:{lport}:127.0.0.1:{remote_port}"]
-        if self.dest.port:
-            argv += ["-p", str(self.dest.port)]
-        argv += ["--", f"{self.dest.user}@{target}" if self.dest.user else target]
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
-        if res.returncode != 0:
-            raise ChannelError("cannot set up the SSH port forward for the page server",
-                               res.stderr.strip().splitlines())
-        return lport
-
     def reverse_forward(self, local_port: int) -> int:
         """Forward 127.0.0.1:RPORT there to 127.0.0.1:local_port here (ssh only; post-copy); returns RPORT."""
         if self.dest.kind != "ssh":
@@ -426,7 +458,7 @@ class AgentChannel:
             ready, _, _ = select.select([fd], [], [], min(0.2, left))
             if ready:
                 break
-        payload = read_frame(out)
+        payload = read_frame(out, deadline=deadline)  # the whole frame, not just its first byte
         if payload is None:
             self.proc.poll()
             raise ChannelError(f"the agent on {self.dest} exited (status {self.proc.returncode})",

@@ -89,10 +89,86 @@ def link_kind(name: str) -> str:
     return "bridge" if (base / "bridge").is_dir() else "link"
 
 
+MAX_PIDS = 4096
+MAX_PORTS = 256
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def busy_pids(pids: Any) -> list[int]:
+    """Those of ``pids`` that are in use in this pid namespace (a restore into the host pid ns needs them free)."""
+    return [p for p in pids if os.path.exists(f"/proc/{p}")]
+
+
+_WILDCARD = ("0.0.0.0", "::")
+
+
+def _bound(proto: str) -> list[tuple[str, int]]:
+    """(address, port) of every listening TCP / bound UDP socket of this network namespace."""
+    import ipaddress
+
+    out: list[tuple[str, int]] = []
+    for name in (proto, proto + "6"):
+        try:
+            lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) < 4 or (proto == "tcp" and cols[3] != "0A"):
+                continue
+            hexaddr, hexport = cols[1].split(":")
+            raw = bytes.fromhex(hexaddr)
+            # /proc/net prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            out.append((str(ipaddress.ip_address(raw)), int(hexport, 16)))
+    return out
+
+
+def busy_ports(queries: Any) -> list[agent_pb2.PortInfo]:
+    """Of the (proto, address, port) asked, those a socket here already binds (same port; same address
+    or a wildcard on either side): restoring a socket bound there would fail with EADDRINUSE."""
+    tables: dict[str, list[tuple[str, int]]] = {}
+    out = []
+    for q in queries:
+        bound = tables.setdefault(q.proto, _bound(q.proto))
+        for addr, port in bound:
+            if port == q.port and (addr == q.address or addr in _WILDCARD or q.address in _WILDCARD):
+                out.append(agent_pb2.PortInfo(proto=q.proto, address=addr, port=port))
+                break
+    return out
+
+
+def cgroup_info(path: str) -> agent_pb2.CgroupInfo:
+    """Whether the cgroup v2 ``path`` exists here and how many tasks it (with its children) holds."""
+    base = CGROUP_ROOT / path.lstrip("/")
+    if not base.is_dir():
+        return agent_pb2.CgroupInfo(path=path, exists=False)
+    procs = 0
+    for i, (d, _dirs, files) in enumerate(os.walk(base)):
+        if i > 256:
+            break
+        if "cgroup.procs" in files:
+            try:
+                procs += len(Path(d, "cgroup.procs").read_text().split())
+            except OSError:
+                continue
+    return agent_pb2.CgroupInfo(path=path, exists=True, procs=procs)
+
+
 def validate(msg: agent_pb2.HostProbeRequest) -> None:
     """Refuse the whole request on anything a well-behaved console never sends."""
     if len(msg.paths) > MAX_ITEMS or len(msg.links) > MAX_ITEMS:
         raise BadProbe(f"at most {MAX_ITEMS} paths and {MAX_ITEMS} links per request")
+    if len(msg.pids) > MAX_PIDS or len(msg.ports) > MAX_PORTS or len(msg.cgroups) > MAX_ITEMS:
+        raise BadProbe(f"at most {MAX_PIDS} pids, {MAX_PORTS} ports and {MAX_ITEMS} cgroups per request")
+    if any(p <= 0 for p in msg.pids):
+        raise BadProbe("pids must be positive")
+    for q in msg.ports:
+        if q.proto not in ("tcp", "udp") or not 0 < q.port < 65536 or len(q.address) > 64:
+            raise BadProbe(f"refusing port query {q.proto}:{q.address[:40]}:{q.port}")
+    for c in msg.cgroups:
+        if not c.startswith("/") or "\0" in c or ".." in c.split("/") or len(c.encode()) > MAX_PATH:
+            raise BadProbe(f"refusing cgroup path {c[:80]!r}")
     if len(msg.cpuinfo_img) > MAX_CPUINFO:
         raise BadProbe(f"cpuinfo image larger than {MAX_CPUINFO} bytes")
     for p in msg.paths:
@@ -127,4 +203,7 @@ def answer(msg: agent_pb2.HostProbeRequest) -> agent_pb2.HostProbeReply:
         r.images_dir, r.images_free = str(where), free_bytes(where)
     r.paths.extend(agent_pb2.PathInfo(path=p, kind=path_kind(p)) for p in msg.paths)
     r.links.extend(agent_pb2.LinkInfo(name=n, kind=link_kind(n)) for n in msg.links)
+    r.busy_pids.extend(busy_pids(msg.pids))
+    r.busy_ports.extend(busy_ports(msg.ports))
+    r.cgroups.extend(cgroup_info(c) for c in msg.cgroups)
     return r

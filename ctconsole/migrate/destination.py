@@ -1,4 +1,8 @@
-"""The destination side of a migration: ``ctconsole agent --stdio``.
+"""The destination side of a migration: ``ctconsole agent --stdio`` (:class:`DestinationServer`).
+
+Not to be confused with :mod:`ctconsole.agent`, the console's way to *reach*
+an agent (channel, handshake, host probe): this module is what answers on the
+far side, and it restores, so it lives in the migrate layer with the keeper.
 
 Why a separate process speaking a tiny protocol: the destination may be
 another machine (reached with the operator's own ssh), a lab network
@@ -13,9 +17,21 @@ cleaning up. It never trusts the console blindly:
   opened relative to the images directory with O_NOFOLLOW|O_EXCL;
 - restore options are checked against an allow-list of ``criu_opts`` fields
   (no ``exec_cmd``, no config files, no directory fds from the console);
-- no shell anywhere: probes run as an argv through nsenter;
+- no shell anywhere, and no command from the console: a probe is named
+  (``probe_name``) and its argv comes from this host's policy;
+- everything a restore asks for on this host (files, sockets, mounts,
+  cgroups, LSM labels, devices, probes, image bytes) is checked against the
+  destination's policy (ctconsole/agent/policy.py, docs/security.md) and a
+  refusal names the policy key; files are opened without following symlinks
+  (agent/safefs.py) and the ones created are removed on rollback;
+- a migration id is locked by the session that prepared it: another session
+  cannot abort, commit or prepare it while it is alive;
 - images directories are 0700 and removed after success or rollback;
-- the page server listens only on loopback or on a lab namespace address.
+- the page server listens nowhere: it serves the one connection the console
+  made to a unix socket in a root-only (0700) directory (migrate/transport.py),
+  so ``--listen-net`` / ``CTCONSOLE_AGENT_LISTEN_NETS`` no longer matter to it;
+- carried storage goes where this host decides (``STATE/storage/ID``), and a
+  rollback removes it (migrate/storage.py).
 
 Never-lose rule on this side: a restored tree is kept only after the console
 sends ``commit``. If the console disappears before the restore reply reached
@@ -28,6 +44,7 @@ was released (``ctconsole`` resolves it at its next start: journal.recover()).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hmac
 import ipaddress
 import json
@@ -42,25 +59,39 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
 from google.protobuf.message import DecodeError
 
-from ctconsole import __version__
-from ctconsole.config import private_dir, run_dir, state_dir
-from ctconsole.errors import CtError
-from ctconsole.migrate.channel import MAX_FRAME, PROTOCOL_VERSION, ChannelError, encode_frame, read_frame, write_all
-from ctconsole.migrate.keeper import KeeperHandle
+from ctconsole import __version__, feasibility, inventory, process
+from ctconsole.agent import hostprobe, safefs
+from ctconsole.agent import policy as agent_policy
+from ctconsole.agent.channel import MAX_FRAME, PROTOCOL_VERSION, ChannelError, encode_frame, read_frame, write_all
+from ctconsole.config import criu_binary, private_dir, run_dir, state_dir
+from ctconsole.criu import selftest as lazy_selftest
+from ctconsole.criu.client import CriuClient
+from ctconsole.errors import CtError, UsageError
+from ctconsole.migrate import pipes, storage, transport
+from ctconsole.migrate.hostview import restore_cgroup_view
+from ctconsole.migrate.keeper import KeeperError, KeeperHandle, restore_with_parent
+from ctconsole.migrate.restoreenv import Refused, setup_namespaces
+from ctconsole.model import to_dict
 from ctconsole.proto import agent_pb2
 
 log = logging.getLogger("ctconsole.agent")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: where a page server may listen when the destination says nothing: RFC 2544's benchmarking
+#: range, which the lab's network-namespace hosts use (loopback is always allowed)
+DEFAULT_LISTEN_NETS = "198.18.0.0/15"
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 MIGRATION_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 MAX_FILES = 20000
 MAX_ROUNDS = 64  # pre-copy rounds per migration (the console's policy stops far earlier)
+FRAME_REST_TIMEOUT = 120.0  # s for the rest of a request frame once its first byte arrived
 #: criu_opts fields a console may set for a restore. Anything that names files,
 #: runs programs or hands over fds of the agent itself is missing on purpose.
 RESTORE_OPTS_ALLOWED = frozenset({
@@ -72,14 +103,6 @@ RESTORE_OPTS_ALLOWED = frozenset({
     "empty_ns", "join_ns", "enable_fs", "skip_mnt", "lsm_profile", "lsm_mount_context", "log_level",
     "timeout", "rst_sibling", "notify_scripts", "cpu_cap", "display_stats", "unprivileged",
 })
-
-
-class Refused(CtError):
-    """A request the agent will not carry out; becomes an Error reply with ``code``."""
-
-    def __init__(self, code: str, message: str, details: list[str] | None = None) -> None:
-        super().__init__(message, details)
-        self.code = code
 
 
 def check_name(name: str) -> str:
@@ -126,58 +149,26 @@ def bridges_needed(opts: dict[str, Any]) -> list[str]:
 
 
 # -- process helpers --------------------------------------------------------------
-def proc_state(pid: int) -> str:
-    """One-letter state of ``pid``, or "" when it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
-
-
-def start_time(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every descendant (children files of every thread), parents first."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        with contextlib.suppress(OSError):
-            for t in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(OSError), open(f"/proc/{p}/task/{t}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-    return out
-
-
 def continue_tree(pid: int, started: int = 0) -> None:
     """SIGCONT a tree restored with leave_stopped (children first would not matter: all get it)."""
-    if pid <= 1 or (started and start_time(pid) != started):
+    if pid <= 1 or not started or process.start_time(pid) != started:
         return
-    for p in descendants(pid):
+    for p in process.descendants(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGCONT)
 
 
 def kill_tree(pid: int, started: int = 0, timeout: float = 5.0) -> bool:
     """SIGKILL a restored tree we created (checked by start time against pid reuse)."""
-    if pid <= 1 or not proc_state(pid):
+    if pid <= 1 or process.pid_free(pid):
         return False
-    if started and start_time(pid) != started:
-        return False
-    pids = descendants(pid)
+    if not started or process.start_time(pid) != started:
+        return False  # without a matching start time the pid may belong to someone else now
+    pids = process.descendants(pid)
     for p in reversed(pids):
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and proc_state(pid) not in ("", "Z"):
-        time.sleep(0.02)
+    process.wait_exited(pid, timeout)
     return True
 
 
@@ -211,20 +202,25 @@ def images_root() -> Path:
     return private_dir(Path(v) if v else state_dir() / "images")
 
 
-class Agent:
-    """One agent session: serves requests from ``inp`` and answers on ``out`` until EOF or bye."""
+class DestinationServer:
+    """One agent session: serves requests from ``inp`` and answers on ``out`` until EOF or bye.
 
-    def __init__(self, inp: IO[bytes], out: IO[bytes]) -> None:
+    ``listen_nets``: kept for the command line; page servers no longer listen at all (the
+    destination decides, never the console: :func:`listen_networks`).
+    """
+
+    def __init__(self, inp: IO[bytes], out: IO[bytes], listen_nets: Sequence[IPNetwork] = ()) -> None:
         self.inp = inp
         self.out = out
+        self.listen_nets = tuple(listen_nets)
         self.migration_id = ""
         self.images_dir: Path | None = None
         self.dir_fd: int | None = None
         self.open_files: dict[str, tuple[int, int]] = {}  # name -> (fd, size)
         self.files_done: set[str] = set()
-        self.page_server_pid = 0
         self.restored_pid = 0
         self.restored_start = 0
+        self.restored_root = ""  # the root the tree was restored into (runtime adoption, adopt.py)
         self.restore_delivered = False
         self.committed = False
         self.created_links: list[str] = []
@@ -232,21 +228,37 @@ class Agent:
         self.kept_fds: list[int] = []
         self.pending_root = 0  # root pid CRIU announced during a restore that has not returned yet
         self.held = False  # restored stopped; SIGCONT at commit
-        self._ps_stack = contextlib.ExitStack()  # the PAGE_SERVER_CHLD conversation (WAIT_PID later)
-        self._ps_wait: Callable[[float | None], int] | None = None
+        # the page channel: one unix socket in a 0700 dir, one accepted connection, a CRIU page
+        # server per dump (or pre-copy round) on it (migrate/transport.py); nothing listens on TCP
+        self.pages: transport.PagePort | None = None
+        self.carried = False  # storage was carried into STATE/storage/ID (removed on rollback)
         self.lazy_proc: subprocess.Popen[bytes] | None = None
         self.rounds = 0  # pre-copy rounds announced (directories pre/1..N in the images dir)
         self.round_fds: dict[int, int] = {}  # round -> directory fd (0 = the images dir: dir_fd)
         self.keeper: KeeperHandle | None = None  # started at prepare, before the source freezes
         self.shared_fd: int | None = None  # the console's images dir, when it shares our filesystem
         self.linked = False  # some images are hard links to the console's files (never modify them)
+        self.keeper_start = 0
+        self.pending_start = 0
+        self.ledger = safefs.Ledger()  # files created for inherited fds: removed on rollback
+        self.image_bytes = 0  # bytes received as FileChunks (images.max_bytes)
+        self.lock_fd: int | None = None  # flock on RUN/agent-locks/ID while this session owns the id
+        self.policy = agent_policy.Policy()
+        self.policy_error: agent_policy.PolicyError | None = None
+        try:
+            self.policy = agent_policy.load()
+        except agent_policy.PolicyError as exc:
+            self.policy_error = exc
+            log.error("agent policy unusable, refusing every request: %s %s", exc.message, "; ".join(exc.details))
+        self.connect_refusals = [] if self.policy_error else agent_policy.check_connect(self.policy)
 
     # -- main loop -----------------------------------------------------------------
     def serve(self) -> int:
         try:
             while True:
                 try:
-                    payload = read_frame(self.inp, MAX_FRAME)
+                    # no deadline for the next request, but one for the rest of a frame that started
+                    payload = read_frame(self.inp, MAX_FRAME, rest_timeout=FRAME_REST_TIMEOUT)
                 except ChannelError as exc:
                     log.error("broken stream from the console: %s", exc)
                     self._send(agent_pb2.Reply(id=0, error=agent_pb2.Error(code="too-large", message=str(exc))))
@@ -267,6 +279,8 @@ class Agent:
                 try:
                     if kind is None:
                         raise Refused("bad-request", "request without a body (unknown message type?)")
+                    if kind != "bye":
+                        self._gate()
                     handler = getattr(self, f"on_{kind}")
                     body = handler(getattr(req, kind))
                     getattr(reply, kind).CopyFrom(body)
@@ -288,6 +302,18 @@ class Agent:
         finally:
             self.finish()
 
+    def _gate(self) -> None:
+        """Fail closed: a broken policy, or a user the policy does not admit, gets nothing done."""
+        if self.policy_error is not None:
+            raise Refused("policy", f"{self.policy_error.message} (destination policy: file)",
+                          self.policy_error.details)
+        self._enforce(self.connect_refusals)
+
+    @staticmethod
+    def _enforce(refusals: Sequence[agent_policy.Refusal]) -> None:
+        if refusals:
+            raise Refused("policy", str(refusals[0]), [str(r) for r in refusals[1:]])
+
     def _send(self, reply: agent_pb2.Reply) -> bool:
         try:
             write_all(self.out.fileno(), encode_frame(reply.SerializeToString()))
@@ -307,8 +333,6 @@ class Agent:
         r.pidns_inode = os.stat("/proc/self/ns/pid").st_ino
         r.netns_inode = os.stat("/proc/self/ns/net").st_ino
         r.addresses.extend(global_ipv4())
-        from ctconsole.criu.client import CriuClient
-
         client = CriuClient(timeout=30)
         try:
             r.criu_version = client.version().text
@@ -317,39 +341,21 @@ class Agent:
         except CtError as exc:
             log.error("CRIU unusable here: %s", exc.message)
         if msg.cpuinfo_img:
-            from ctconsole.migrate.hostprobe import cpuinfo_check_blob
-
-            r.cpuinfo_ok, r.cpuinfo_detail = cpuinfo_check_blob(client, msg.cpuinfo_img)
+            r.cpuinfo_ok, r.cpuinfo_detail = hostprobe.cpuinfo_check_blob(client, msg.cpuinfo_img)
         else:
             r.cpuinfo_ok, r.cpuinfo_detail = True, "not checked (no cpuinfo from the source)"
-        from ctconsole.migrate.selftest import cached_result
-
-        cached = cached_result()
+        cached = lazy_selftest.cached_result()
         if cached is not None:
             r.lazy_selftest_ok, r.lazy_selftest_reason = cached
         return r
 
     def on_inventory(self, msg: agent_pb2.InventoryRequest) -> agent_pb2.InventoryReply:
-        try:
-            from ctconsole import inventory
-            from ctconsole.model import to_dict
-
-            items = inventory.scan(full=True)  # the console shows externals (detail, Ext column)
-        except (ImportError, AttributeError) as exc:
-            raise Refused("unsupported", f"inventory is not available on this host: {exc}") from exc
+        items = inventory.scan(full=True)  # the console shows externals (detail, Ext column)
         return agent_pb2.InventoryReply(json=json.dumps([to_dict(c) for c in items]))
 
     def on_check(self, msg: agent_pb2.CheckRequest) -> agent_pb2.CheckReply:
-        try:
-            from ctconsole import feasibility, inventory
-            from ctconsole.model import to_dict
-
-            container = inventory.resolve(msg.ref)
-            report = feasibility.check(container)
-        except (ImportError, AttributeError) as exc:
-            raise Refused("unsupported", f"checks are not available on this host: {exc}") from exc
-        data = report.to_dict() if hasattr(report, "to_dict") else to_dict(report)
-        return agent_pb2.CheckReply(verdict=str(getattr(report, "verdict", "")), json=json.dumps(data, default=str))
+        report = feasibility.check(inventory.resolve(msg.ref))
+        return agent_pb2.CheckReply(verdict=report.verdict, json=json.dumps(report.to_dict(), default=str))
 
     def on_preflight(self, msg: agent_pb2.PreflightRequest) -> agent_pb2.PreflightReply:
         problems = []
@@ -366,19 +372,34 @@ class Agent:
         return agent_pb2.PreflightReply(ok=not problems, problems=problems)
 
     def on_host_probe(self, msg: agent_pb2.HostProbeRequest) -> agent_pb2.HostProbeReply:
-        """The destination half of ``ctconsole check --to DEST`` (read-only; see migrate/hostprobe.py)."""
-        from ctconsole.migrate import hostprobe
-
+        """The destination half of ``ctconsole check --to DEST`` (read-only; see agent/hostprobe.py)."""
         try:
-            return hostprobe.answer(msg)
+            reply = hostprobe.answer(msg)
         except hostprobe.BadProbe as exc:
             raise Refused("bad-request", str(exc)) from exc
+        if msg.policy:
+            reply.policy_lines.extend(self.policy.summary())
+        try:
+            opts = validate_restore_opts(msg.restore_options_json) if msg.restore_options_json else {}
+        except Refused as exc:  # the restore itself would be refused: a finding, not a broken probe
+            reply.refusals.append(agent_pb2.PolicyRefusal(key="restore.options", message=exc.message))
+            opts = {}
+        refusals = agent_policy.check_restore(
+            self.policy, opts, [agent_policy.InheritAsk(x.how, x.path, x.mode, x.perm if x.mode else -1)
+                                for x in msg.inherit],
+            probe_name=msg.probe_name, setup_ns=[(a.action, a.interface, a.pf) for a in msg.setup_ns])
+        refusals += agent_policy.check_image_bytes(self.policy, msg.image_bytes)
+        reply.refusals.extend(agent_pb2.PolicyRefusal(key=r.key, message=str(r)) for r in refusals)
+        return reply
 
     def on_prepare(self, msg: agent_pb2.PrepareRequest) -> agent_pb2.PrepareReply:
         if not MIGRATION_ID_RE.fullmatch(msg.migration_id):
             raise Refused("bad-request", f"bad migration id {msg.migration_id!r}")
         if self.images_dir is not None:
             raise Refused("state", "this session already prepared a migration")
+        if (pending_dir() / f"{msg.migration_id}.json").exists():
+            raise Refused("state", f"a pending restore for {msg.migration_id} exists: recover or abort it first")
+        self.lock_fd = self._lock_id(msg.migration_id)
         self.migration_id = msg.migration_id
         d = images_root() / msg.migration_id
         try:
@@ -394,15 +415,14 @@ class Agent:
             self.keeper = KeeperHandle()
         except OSError as exc:  # the restore starts one itself then (slower, same result)
             log.warning("cannot start the restore parent ahead of time: %s", exc)
-        _warm_imports()
         if msg.shared_token:
             self.shared_fd = self._open_shared(msg.migration_id, msg.shared_token)
             reply.shared_fs = self.shared_fd is not None
             if reply.shared_fs:
                 log.info("the console's images are on this filesystem: they will be linked, not copied")
         if msg.page_server and not reply.shared_fs:
-            reply.page_server_address, reply.page_server_port, reply.page_server_pid = self._start_page_server(
-                d, msg.page_server_address)
+            reply.page_socket = self._start_page_server(d)
+            reply.page_server_pid = self.pages.pid if self.pages else 0  # 0 until the console connected
         return reply
 
     def _open_shared(self, mid: str, token: str) -> int | None:
@@ -507,27 +527,22 @@ class Agent:
         self.linked = self.linked or bool(made)
         return agent_pb2.LinkReply(files=len(made), bytes=total)
 
-    def _start_page_server(self, d: Path, address: str) -> tuple[str, int, int]:
-        """A CRIU page server writing into ``d``: (address, port, pid). One dump (or round) per server."""
-        addr = address or (global_ipv4() or ["127.0.0.1"])[0]
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError as exc:
-            raise Refused("bad-request", f"bad page server address {addr!r}") from exc
-        if not ip.is_loopback and addr not in global_ipv4():
-            raise Refused("bad-request", f"{addr} is not an address of this host")
-        if not ip.is_loopback and not _lab_address(ip):
-            raise Refused("bad-request", f"refusing to expose a page server on {addr}: "
-                          "use loopback behind an SSH forward, or a lab address (198.18.0.0/15)")
-        from ctconsole.criu.client import CriuClient
+    def _start_page_server(self, d: Path) -> str:
+        """A CRIU page server writing into ``d`` on the migration's own connection; the socket to connect to.
 
-        # PAGE_SERVER_CHLD, not PAGE_SERVER: its pid is real (the daemonised one reports 0 here)
-        # and WAIT_PID tells us when every page is on disk
-        info, self._ps_wait = self._ps_stack.enter_context(
-            CriuClient(timeout=30).page_server_child(d, address=addr, port=0))
-        self.page_server_pid = info.pid
-        log.info("page server pid %d on %s:%d (into %s)", info.pid, addr, info.port, d)
-        return addr, info.port, info.pid
+        Why no TCP: a listening page server serves whoever connects first (any
+        local user). The console reaches this socket in a root-only directory
+        directly or through its SSH master (migrate/transport.py); "" means the
+        connection of an earlier pre-copy round carries this one too.
+        """
+        if self.pages is None:
+            self.pages = transport.PagePort(self.migration_id)
+        try:
+            path = self.pages.serve(d)
+        except (transport.TransportError, OSError) as exc:
+            raise Refused("failed", f"cannot set up the page channel: {exc}") from exc
+        log.info("page server into %s on %s", d, path or "the existing page connection")
+        return path
 
     def on_round(self, msg: agent_pb2.RoundRequest) -> agent_pb2.RoundReply:
         """Pre-copy: a directory per PRE_DUMP round, then the final dump's, with CRIU's ``parent`` links.
@@ -563,8 +578,8 @@ class Agent:
                 os.symlink(f"pre/{self.rounds}", d / "parent")
         reply = agent_pb2.RoundReply(images_dir=str(d))
         if msg.page_server:
-            reply.page_server_address, reply.page_server_port, reply.page_server_pid = self._start_page_server(
-                d, msg.page_server_address)
+            reply.page_socket = self._start_page_server(d)
+            reply.page_server_pid = self.pages.pid if self.pages else 0  # 0 until the console connected
         return reply
 
     def on_file(self, msg: agent_pb2.FileChunk) -> agent_pb2.FileAck:
@@ -591,6 +606,14 @@ class Agent:
         fd, size = self.open_files[name]
         if msg.offset != size:
             raise Refused("bad-request", f"{name}: chunk at offset {msg.offset}, expected {size}")
+        over = agent_policy.check_image_bytes(self.policy, self.image_bytes + len(msg.data))
+        if over:
+            os.close(fd)
+            del self.open_files[name]
+            with contextlib.suppress(OSError):
+                os.unlink(base, dir_fd=dir_fd)
+            self._enforce(over)
+        self.image_bytes += len(msg.data)
         write_all(fd, msg.data)
         size += len(msg.data)
         self.open_files[name] = (fd, size)
@@ -608,6 +631,11 @@ class Agent:
         if self.open_files:
             raise Refused("state", f"files still open: {', '.join(sorted(self.open_files))}")
         opts = validate_restore_opts(msg.options_json)
+        self._enforce(agent_policy.check_restore(
+            self.policy, opts, [agent_policy.InheritAsk(x.how, x.path, x.mode, x.perm if x.mode else -1)
+                                for x in msg.inherit],
+            probe_name=msg.probe_name, probe_argv=msg.probe_argv,
+            setup_ns=[(a.action, a.interface, a.pf) for a in msg.setup_ns]))
         if self.linked and opts.get("auto_dedup"):
             # it punches holes into the pages it restored: into the console's own copy, through the links
             raise Refused("bad-request", "auto_dedup cannot be used on images linked from the console's copy")
@@ -617,9 +645,9 @@ class Agent:
         def mark(what: str) -> None:
             marks.append(f"{what}@{(time.monotonic() - t0) * 1000:.0f}ms")
 
-        self._wait_page_server(msg.page_server_wait or 60.0)
-        if self.page_server_pid or msg.page_server_wait:
+        if self._wait_page_server(msg.page_server_wait or 60.0) or msg.page_server_wait:
             mark("page-server-done")
+        self._enforce(agent_policy.check_image_bytes(self.policy, _tree_bytes(self.images_dir)))
         for name in veth_host_names(opts):
             if link_exists(name):
                 raise Refused("state", f"network device {name} already exists on the destination")
@@ -631,8 +659,6 @@ class Agent:
         if msg.hold and not msg.lazy:
             opts["leave_stopped"] = True  # CRIU SIGSTOPs every task before letting go of it
             self.held = True
-        from ctconsole.migrate import pipes
-
         relay_specs = [(x.key, x.mode) for x in msg.inherit if x.how == pipes.HOW]
         inherit = self._open_inherited([x for x in msg.inherit if x.how != pipes.HOW])
         try:
@@ -647,6 +673,7 @@ class Agent:
             mark(script)
             if pid and not self.pending_root:
                 self.pending_root = pid  # killable even if the restore never returns
+                self.pending_start = process.start_time(pid)
             if script == "setup-namespaces" and msg.setup_ns:
                 # raising here makes CRIU abort the restore (the handler's reason is in the error)
                 moved = setup_namespaces(list(msg.setup_ns), pid)
@@ -656,8 +683,6 @@ class Agent:
         # the restore runs in a detached keeper that stays the root's parent (keeper.py: a
         # parent-death signal would kill a root whose parent exits), holds the PTY master
         # and the re-created stdio pipes, and reaps the root
-        from ctconsole.migrate.keeper import KeeperError, restore_with_parent
-
         keeper, self.keeper = self.keeper, None
         try:
             res = restore_with_parent(opts, self.images_dir, inherit, relays, self.migration_id,
@@ -671,8 +696,10 @@ class Agent:
         finally:
             pipes.close_all([*inherit.values(), *(fd for _, _, fd in relays)])
         mark("restored")
-        self.restored_pid, self.restored_start = res.pid, res.start or start_time(res.pid)
+        self.restored_pid, self.restored_start = res.pid, res.start or process.start_time(res.pid)
+        self.restored_root = str(opts.get("root") or "")
         self.keeper_pid = res.keeper_pid
+        self.keeper_start = res.keeper_start
         log.info("restored pid %d in %.3f s (parent: keeper %d%s)", res.pid, res.elapsed, res.keeper_pid,
                  f", console {res.console_socket}" if res.console_socket else "")
         reply = agent_pb2.RestoreReply(pid=res.pid, elapsed=res.elapsed, lazy=msg.lazy)
@@ -683,11 +710,11 @@ class Agent:
         # stopped (leave_stopped) and cannot exit on its own before commit, so it is only looked at
         if not self.held:
             time.sleep(0.05)
-        if proc_state(res.pid) in ("", "Z", "X"):
+        if process.exited(res.pid):
             raise CtError(f"the restored tree (pid {res.pid}) exited right after the restore")
         mark("alive")
-        if msg.probe_argv:
-            reply.probe_output = self._probe(list(msg.probe_argv), msg.probe_timeout or 10.0)
+        if msg.probe_name:
+            reply.probe_output = self._probe(msg.probe_name, msg.probe_timeout or 10.0)
             mark("probe")
         reply.console_socket = res.console_socket
         self._write_pending()
@@ -705,8 +732,6 @@ class Agent:
             raise Refused("bad-request", f"bad lazy page server address {address!r}") from exc
         if not 0 < port < 65536:
             raise Refused("bad-request", f"bad lazy page server port {port}")
-        from ctconsole.config import criu_binary
-
         self.lazy_proc = subprocess.Popen(
             [criu_binary(), "lazy-pages", "--page-server", "--address", address, "--port", str(port),
              "-D", str(self.images_dir), "-o", "lazy-pages.log", "-v4"],
@@ -748,12 +773,16 @@ class Agent:
             self.lazy_proc = None
             if rc != 0 or errs:
                 raise CtError(f"the lazy-pages daemon failed (status {rc})", errs)
-            if proc_state(self.restored_pid) in ("", "Z", "X"):
+            if process.exited(self.restored_pid):
                 raise CtError(f"the restored tree (pid {self.restored_pid}) died while its pages arrived")
+        if "fail:agent-commit" in os.environ.get("CTCONSOLE_FAULT", ""):  # fault-injection tests only
+            raise CtError("commit failed (injected fault: fail:agent-commit)")
         if msg.migration_id and msg.migration_id != self.migration_id:
             rec = self._pending_record(msg.migration_id)
             if not rec:
                 raise Refused("state", f"no pending restore for {msg.migration_id}")
+            lock = self._lock_id(msg.migration_id)  # not while a live session owns it
+            os.close(lock)
             if rec.get("held"):
                 continue_tree(int(rec["pid"]), int(rec.get("start", 0)))
             with contextlib.suppress(OSError):
@@ -765,15 +794,29 @@ class Agent:
             continue_tree(self.restored_pid, self.restored_start)
             self.held = False
         self.committed = True
+        self.ledger.forget()  # the files now belong to the restored container
         self._drop_pending()
-        return agent_pb2.CommitReply(journal_note=f"pid {self.restored_pid} kept")
+        adoption = self._adopt(msg.runtime_facts) if msg.runtime_facts else ""
+        return agent_pb2.CommitReply(journal_note=f"pid {self.restored_pid} kept", adoption=adoption)
+
+    def _adopt(self, facts_json: str) -> str:
+        """Hand the kept tree to its runtime here (migrate/adopt.py); bookkeeping only, never fatal."""
+        from ctconsole.migrate import adopt
+
+        try:
+            a = adopt.adopt_restored(facts_json, self.restored_pid, self.restored_root,
+                                     str(run_dir() / "adopted"))
+        except CtError as exc:
+            log.warning("runtime adoption skipped: %s", exc.message)
+            return f"not adopted: {exc.message}"
+        return a.note or f"{a.runtime} container {a.name}"
 
     def on_status(self, msg: agent_pb2.StatusRequest) -> agent_pb2.StatusReply:
         rec = self._pending_record(msg.migration_id) if msg.migration_id else None
         pid = int(rec["pid"]) if rec else self.restored_pid
         started = int(rec.get("start", 0)) if rec else self.restored_start
-        state = proc_state(pid) if pid and (not started or start_time(pid) == started) else ""
-        return agent_pb2.StatusReply(state=state or "gone", pid=pid, running=state not in ("", "Z", "X"))
+        state = process.state(pid) if pid and (not started or process.start_time(pid) == started) else ""
+        return agent_pb2.StatusReply(state=state or "gone", pid=pid, running=process.alive(pid, started))
 
     def on_abort(self, msg: agent_pb2.AbortRequest) -> agent_pb2.AbortReply:
         cleaned: list[str] = []
@@ -781,31 +824,96 @@ class Agent:
             # another session's leftovers (recovery after a console crash)
             if not MIGRATION_ID_RE.fullmatch(msg.migration_id):
                 raise Refused("bad-request", "bad migration id")
-            rec = self._pending_record(msg.migration_id)
-            if rec:
-                if kill_tree(int(rec["pid"]), int(rec.get("start", 0))):
-                    cleaned.append(f"killed restored pid {rec['pid']}")
-                for name in rec.get("links", []):
-                    if _del_link(name):
-                        cleaned.append(f"deleted {name}")
-                if rec.get("keeper"):
-                    kill_tree(int(rec["keeper"]), int(rec.get("keeper_start", 0)))
-                with contextlib.suppress(OSError):
-                    (pending_dir() / f"{msg.migration_id}.json").unlink()
-            d = images_root() / msg.migration_id
-            if d.is_dir():
-                shutil.rmtree(d, ignore_errors=True)
-                cleaned.append(f"removed {d}")
-            return agent_pb2.AbortReply(cleaned=cleaned)
+            lock = self._lock_id(msg.migration_id)  # refused while a live session owns the id
+            try:
+                return agent_pb2.AbortReply(cleaned=self._abort_other(msg.migration_id))
+            finally:
+                os.close(lock)
         cleaned.extend(self.rollback())
         return agent_pb2.AbortReply(cleaned=cleaned)
+
+    def _abort_other(self, mid: str) -> list[str]:
+        """Clean what a dead session left for ``mid`` (pending record, images), checked by start times."""
+        cleaned: list[str] = []
+        rec = self._pending_record(mid)
+        if rec:
+            if kill_tree(int(rec["pid"]), int(rec.get("start", 0))):
+                cleaned.append(f"killed restored pid {rec['pid']}")
+            for name in rec.get("links", []):
+                if _del_link(name):
+                    cleaned.append(f"deleted {name}")
+            if rec.get("keeper"):
+                kill_tree(int(rec["keeper"]), int(rec.get("keeper_start", 0)))
+            files = safefs.Ledger([(str(f[0]), int(f[1]), int(f[2])) for f in rec.get("files", [])
+                                   if isinstance(f, list) and len(f) == 3])
+            cleaned.extend(f"removed {f}" for f in files.rollback())
+            with contextlib.suppress(OSError):
+                (pending_dir() / f"{mid}.json").unlink()
+        d = images_root() / mid
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+            cleaned.append(f"removed {d}")
+        if storage.discard(mid):
+            cleaned.append(f"removed the carried storage {storage.storage_root() / mid}")
+        return cleaned
+
+    def on_carry(self, msg: agent_pb2.CarryRequest) -> agent_pb2.CarryReply:
+        """Storage that follows the container: this host decides where each item goes (migrate/storage.py).
+
+        A real (not dry-run) request belongs to the prepared migration and
+        creates its fresh ``STATE/storage/ID``; rollback removes it again.
+        """
+        if not msg.dry_run:
+            if self.images_dir is None or msg.migration_id != self.migration_id:
+                raise Refused("state", "carry belongs to the prepared migration: prepare first")
+            if self.restored_pid:
+                raise Refused("state", "already restored")
+        try:
+            reply = storage.answer(msg)
+        except storage.StorageError as exc:
+            raise Refused("bad-request", exc.message, exc.details) from exc
+        if not msg.dry_run and not reply.problems:
+            self.carried = self.carried or any(t.action == "carry" for t in reply.targets)
+        return reply
 
     def on_bye(self, msg: agent_pb2.ByeRequest) -> agent_pb2.ByeReply:
         return agent_pb2.ByeReply()
 
     # -- helpers -------------------------------------------------------------------
     def _open_inherited(self, specs: list[agent_pb2.InheritFd]) -> dict[str, int]:
-        return open_inherited([(x.key, x.how, x.path, x.mode, x.perm if x.mode else -1) for x in specs])
+        """The fds a restore inherits, opened without following symlinks (agent/safefs.py).
+
+        Already allowed by the policy (on_restore); a file created here is
+        recorded in the session's ledger so rollback removes it again.
+        """
+        from ctconsole.remap.compile import CONNECT_UNIX, FILE_OPEN_FLAGS, OPEN_FILE
+
+        out: dict[str, int] = {}
+        try:
+            for x in specs:
+                if not re.fullmatch(r"[A-Za-z0-9_:\[\]./-]{1,200}", x.key):
+                    raise Refused("bad-request", f"bad inherit_fd key {x.key!r}")
+                try:
+                    if x.how == OPEN_FILE:
+                        mode = x.mode or "append"
+                        if mode not in FILE_OPEN_FLAGS:
+                            raise Refused("bad-request", f"inherit_fd {x.key}: bad open mode {mode!r}")
+                        out[x.key] = safefs.open_file(x.path, FILE_OPEN_FLAGS[mode], x.perm if x.mode else -1,
+                                                      self.ledger)
+                    elif x.how == CONNECT_UNIX:
+                        fd = safefs.connect_unix(x.path)
+                        os.set_inheritable(fd, True)
+                        out[x.key] = fd
+                    else:
+                        raise Refused("unsupported", f"inherit_fd {x.key}: cannot provide {x.how!r}")
+                except safefs.UnsafePath as exc:
+                    raise Refused("unsafe-path", f"inherit_fd {x.key}: {exc.message}") from exc
+        except BaseException:
+            for fd in out.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
+        return out
 
     def _keep_log(self, name: str) -> str:
         """Copy a CRIU log out of the images dir before rollback removes it."""
@@ -818,24 +926,26 @@ class Agent:
             return ""
         return str(dest)
 
-    def _wait_page_server(self, timeout: float) -> None:
-        """The page server exits after the dump closed its connection; wait so every page is on disk."""
-        if self._ps_wait is None:
-            return
+    def _wait_page_server(self, timeout: float) -> bool:
+        """The page server exits after the dump's last page; wait so every page is on disk (True if one ran)."""
+        if self.pages is None or not self.pages.active:
+            return False
+        pid = self.pages.pid
         try:
-            status = self._ps_wait(timeout)
+            status = self.pages.wait(timeout)
         except CtError as exc:
-            raise CtError(f"the page server (pid {self.page_server_pid}) did not finish within {timeout:.0f} s",
-                          exc.details) from exc
-        finally:
-            self._ps_wait = None
-            self._ps_stack.close()
-        self.page_server_pid = 0
-        if status != 0:
+            raise CtError(f"the page server{f' (pid {pid})' if pid else ''} did not finish within {timeout:.0f} s: "
+                          f"{exc.message}", exc.details) from exc
+        if status:
             raise CtError(f"the page server failed (wait status {status:#x})", self._log_errors("page-server.log"))
+        return True
 
-    def _probe(self, argv: list[str], timeout: float) -> str:
-        cmd = ["nsenter", "-t", str(self.restored_pid), "-a", "--", *argv]
+    def _probe(self, name: str, timeout: float) -> str:
+        """Run probe ``name`` from this host's policy in the restored tree's namespaces (all, or net only)."""
+        spec, refused = agent_policy.check_probe(self.policy, name)
+        self._enforce(refused)
+        ns, argv = spec[0], list(spec[1:])
+        cmd = ["nsenter", "-t", str(self.restored_pid), "-n" if ns == "net" else "-a", "--", *argv]
         try:
             res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                  timeout=timeout, check=False)
@@ -861,8 +971,8 @@ class Agent:
     def _write_pending(self) -> None:
         rec = {"pid": self.restored_pid, "start": self.restored_start, "links": self.created_links,
                "held": self.held,
-               "keeper": self.keeper_pid, "keeper_start": start_time(self.keeper_pid) if self.keeper_pid else 0,
-               "time": time.time()}
+               "keeper": self.keeper_pid, "keeper_start": self.keeper_start,
+               "files": [list(f) for f in self.ledger.files], "time": time.time()}
         p = pending_dir() / f"{self.migration_id}.json"
         tmp = p.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec))
@@ -878,12 +988,14 @@ class Agent:
         self._stop_lazy()
         if self.restored_pid and kill_tree(self.restored_pid, self.restored_start):
             cleaned.append(f"killed restored pid {self.restored_pid}")
-        if self.pending_root and self.pending_root != self.restored_pid and kill_tree(self.pending_root):
+        if (self.pending_root and self.pending_root != self.restored_pid
+                and kill_tree(self.pending_root, self.pending_start)):
             cleaned.append(f"killed partly restored pid {self.pending_root}")
         self.restored_pid = self.pending_root = 0
         if self.keeper_pid:
-            kill_tree(self.keeper_pid)
+            kill_tree(self.keeper_pid, self.keeper_start)
             self.keeper_pid = 0
+        cleaned.extend(f"removed {f}" for f in self.ledger.rollback())
         for fd in self.kept_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -892,14 +1004,11 @@ class Agent:
             if _del_link(name):
                 cleaned.append(f"deleted {name}")
         self.created_links = []
-        if self.page_server_pid and proc_state(self.page_server_pid) not in ("", "Z"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.page_server_pid, signal.SIGKILL)
-            cleaned.append(f"stopped page server {self.page_server_pid}")
-        self.page_server_pid = 0
-        self._ps_wait = None
-        with contextlib.suppress(Exception):
-            self._ps_stack.close()  # reaps the page server through its swrk
+        if self.pages is not None:
+            cleaned.extend(self.pages.stop())
+        if self.carried and storage.discard(self.migration_id):
+            cleaned.append(f"removed the carried storage {storage.storage_root() / self.migration_id}")
+        self.carried = False
         self._drop_pending()
         self._remove_images()
         return cleaned
@@ -930,19 +1039,35 @@ class Agent:
 
     def finish(self) -> None:
         """End of session: keep a committed tree, resolve an uncommitted one (see module doc)."""
+        try:
+            self._finish()
+        finally:
+            if self.lock_fd is not None:
+                os.close(self.lock_fd)  # the id is free for recovery (or a new session) now
+                self.lock_fd = None
+
+    def _lock_id(self, mid: str) -> int:
+        """Take the migration id's lock (flock, non-blocking) or refuse: a live session owns it."""
+        path = private_dir(run_dir() / "agent-locks") / f"{mid}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Refused("state", f"migration {mid} is in use by a live agent session") from None
+        return fd
+
+    def _finish(self) -> None:
         if self.committed:
-            with contextlib.suppress(Exception):
-                self._ps_stack.close()
+            if self.pages is not None:
+                self.pages.stop()
             self._remove_images()
             return
         if self.restored_pid and self.restore_delivered:
             log.warning("session ended without commit; restored pid %d left pending for recovery",
                         self.restored_pid)
-            if self.page_server_pid and proc_state(self.page_server_pid) not in ("", "Z"):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.page_server_pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                self._ps_stack.close()
+            if self.pages is not None:
+                self.pages.stop()
             self._stop_lazy()
             self._remove_images()
             return
@@ -951,100 +1076,14 @@ class Agent:
         self.rollback()
 
 
-def _warm_imports() -> None:
-    """Import now what the restore needs, so the import is not paid while the source is frozen.
-
-    Why: ``on_restore`` runs inside the source's post-dump window, and these
-    modules (the remap compiler above all) took ~25-30 ms to import there.
-    """
-    import ctconsole.criu.images
-    import ctconsole.migrate.pipes
-    import ctconsole.remap.compile  # noqa: F401
-
-
-def open_inherited(specs: list[tuple[str, str, str]] | list[tuple[str, str, str, str, int]]) -> dict[str, int]:
-    """Open the fds a restore inherits: ``(key, how, path[, mode, perm])``.
-
-    Why here: the other end of an external socket (a host daemon) and the
-    file a ``file`` rule names are on the destination, so the destination
-    opens them: ``connect-unix`` connects a fresh stream socket to ``path``
-    (CRIU plugs it in where the container's old socket was); ``open-file``
-    opens ``path`` with ``mode`` (remap.compile.FILE_OPEN_FLAGS; a file it
-    creates gets ``perm``, CRIU compares the bits with the original's).
-    """
-    from ctconsole.remap.compile import FILE_OPEN_FLAGS, OPEN_FILE, InheritSpec, open_inherit_fds
-
-    out: dict[str, int] = {}
-    try:
-        for spec in specs:
-            key, how, path = spec[0], spec[1], spec[2]
-            mode, perm = (str(spec[3]), int(spec[4])) if len(spec) > 3 else ("", -1)
-            if not re.fullmatch(r"[A-Za-z0-9_:\[\]./-]{1,200}", key):
-                raise Refused("bad-request", f"bad inherit_fd key {key!r}")
-            if how not in ("connect-unix", OPEN_FILE):
-                raise Refused("unsupported", f"inherit_fd {key}: cannot provide {how!r}")
-            if not os.path.isabs(path):
-                raise Refused("bad-request", f"inherit_fd {key}: path must be absolute")
-            if how == OPEN_FILE:
-                if (mode or "append") not in FILE_OPEN_FLAGS or not -1 <= perm <= 0o7777:
-                    raise Refused("bad-request", f"inherit_fd {key}: bad open mode {mode!r} / perm {perm}")
-                try:
-                    out[key] = open_inherit_fds([InheritSpec(key=key, how=how, path=path, mode=mode or "append",
-                                                             perm=perm)])[key]
-                except CtError as exc:
-                    raise Refused("failed", exc.message) from exc
-                continue
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(10)
-            try:
-                s.connect(path)
-            except OSError as exc:
-                s.close()
-                raise Refused("failed", f"cannot connect to {path} for {key}: {exc}") from exc
-            fd = s.detach()
-            os.set_inheritable(fd, True)
-            out[key] = fd
-    except BaseException:
-        for fd in out.values():
+def _tree_bytes(d: Path) -> int:
+    """Bytes of the files under ``d`` (pages a page server wrote count too), symlinks not followed."""
+    total = 0
+    for root, _dirs, files in os.walk(d):
+        for f in files:
             with contextlib.suppress(OSError):
-                os.close(fd)
-        raise
-    return out
-
-
-def setup_namespaces(actions: list[agent_pb2.SetupNsAction], pid: int) -> list[str]:
-    """Carry out remap setup-namespaces actions for the restored root ``pid``; returns "VF->IF" notes.
-
-    Why in the notify: only then does the restored netns exist while still
-    empty (criu-digest §5.2), and a VF pool names no device in advance:
-    whichever VF is free *now* on this host is taken. ``CTCONSOLE_SYSFS_ROOT``
-    (tests only) points the VF scan at a fake sysfs tree whose "VF" netdev is
-    a veth: moving a link is the same netlink request for any link kind.
-    """
-    from ctconsole.remap import vf
-
-    if pid <= 0:
-        raise CtError("setup-namespaces came without the restored root pid")
-    sys_root = os.environ.get("CTCONSOLE_SYSFS_ROOT", "/sys")
-    moved: list[str] = []
-    taken: list[str] = []
-    for a in actions:
-        if a.action != "move-vf":
-            raise CtError(f"unknown setup-namespaces action {a.action!r}")
-        if not NAME_RE.fullmatch(a.interface) or len(a.interface) > 15 or not NAME_RE.fullmatch(a.pf):
-            raise CtError(f"bad interface or PF name in move-vf ({a.interface!r}, {a.pf!r})")
-        pool = vf.VfPool(pf=a.pf, vfs=None if a.any_vf else tuple(a.vfs))
-        chosen = vf.pick_free_vf(pool, sys_root=sys_root, exclude=tuple(taken))
-        vf.move_link_to_netns(chosen.netdev, pid, new_name=a.interface)
-        taken.append(chosen.netdev)
-        moved.append(f"{chosen.netdev}->{a.interface}")
-        log.info("moved VF %d of %s (%s) into pid %d's netns as %s", chosen.index, a.pf, chosen.netdev, pid,
-                 a.interface)
-    return moved
-
-
-def _lab_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return ip.version == 4 and ip in ipaddress.ip_network("198.18.0.0/15")
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
 
 
 def _del_link(name: str) -> bool:
@@ -1054,7 +1093,27 @@ def _del_link(name: str) -> bool:
     return res.returncode == 0
 
 
-def run_stdio() -> int:
+def listen_networks(given: Sequence[str] = ()) -> tuple[IPNetwork, ...]:
+    """The networks a page server may listen in besides loopback, as this destination decides.
+
+    ``given`` (``ctconsole agent --listen-net CIDR``), else
+    ``CTCONSOLE_AGENT_LISTEN_NETS`` (comma-separated), else
+    :data:`DEFAULT_LISTEN_NETS` (the benchmarking range the lab's network
+    namespaces use). "none" allows loopback only. Malformed entries raise UsageError.
+    """
+    words = list(given) or os.environ.get("CTCONSOLE_AGENT_LISTEN_NETS", DEFAULT_LISTEN_NETS).split(",")
+    out: list[IPNetwork] = []
+    for w in (w.strip() for w in words):
+        if not w or w == "none":
+            continue
+        try:
+            out.append(ipaddress.ip_network(w, strict=False))
+        except ValueError as exc:
+            raise UsageError(f"bad listen network {w!r}: {exc}") from exc
+    return tuple(out)
+
+
+def run_stdio(listen_nets: Sequence[str] = ()) -> int:
     """Entry point of ``ctconsole agent --stdio``: protocol on fds 0/1, log lines on stderr."""
     fmt = "%(asctime)s agent[%(process)d] %(levelname)s %(message)s"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt)
@@ -1066,8 +1125,6 @@ def run_stdio() -> int:
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter(fmt))
         logging.getLogger().addHandler(handler)
-    from ctconsole.migrate.hostview import restore_cgroup_view
-
     made = restore_cgroup_view()  # `ip netns exec` hid /sys/fs/cgroup (hostview.py says why)
     if made:
         log.info("mounted the host's cgroup hierarchies again: %s", " ".join(made))
@@ -1075,4 +1132,4 @@ def run_stdio() -> int:
     out_fd = os.dup(1)
     os.dup2(2, 1)
     with os.fdopen(0, "rb", buffering=0) as inp, os.fdopen(out_fd, "wb", buffering=0) as out:
-        return Agent(inp, out).serve()
+        return DestinationServer(inp, out, listen_networks(listen_nets)).serve()
