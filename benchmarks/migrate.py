@@ -46,6 +46,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,19 +164,26 @@ def raw_criu(tmp: Path, mib: int, copy: bool = True) -> dict[str, float]:
         shutil.rmtree(dst, ignore_errors=True)
 
 
-def ctconsole_stop_copy(tmp: Path, mib: int, dest: str, page_server: bool = True,
-                        shared_images: bool = True) -> dict[str, Any]:
+def _timings(got: dict[str, float]) -> Callable[[object], None]:
+    """An engine callback that keeps the downtime (s) and frozen time (ms) events in ``got``."""
     from ctconsole.migrate import events as ev
-    from ctconsole.migrate.engine import Migration, MigrationRequest
-
-    w = Workload(tmp, mib)
-    got: dict[str, float] = {}
 
     def on(e: object) -> None:
         if isinstance(e, ev.Downtime):
             got["downtime"] = e.seconds
         elif isinstance(e, ev.FrozenTime):
             got["frozen_ms"] = e.seconds * 1000
+
+    return on
+
+
+def ctconsole_stop_copy(tmp: Path, mib: int, dest: str, page_server: bool = True,
+                        shared_images: bool = True) -> dict[str, Any]:
+    from ctconsole.migrate.engine import Migration, MigrationRequest
+
+    w = Workload(tmp, mib)
+    got: dict[str, float] = {}
+    on = _timings(got)
 
     try:
         t0 = time.monotonic()
@@ -464,17 +472,11 @@ def raw_over_ssh(tmp: Path, mib: int, host: Any, link: SshLink) -> dict[str, Any
 
 
 def ctconsole_over_ssh(tmp: Path, mib: int, host: Any) -> dict[str, Any]:
-    from ctconsole.migrate import events as ev
     from ctconsole.migrate.engine import Migration, MigrationRequest
 
     w = UdpWorkload(tmp, mib, host.src_address)
     got: dict[str, float] = {}
-
-    def on(e: object) -> None:
-        if isinstance(e, ev.Downtime):
-            got["downtime"] = e.seconds
-        elif isinstance(e, ev.FrozenTime):
-            got["frozen_ms"] = e.seconds * 1000
+    on = _timings(got)
 
     try:
         t0 = time.monotonic()
