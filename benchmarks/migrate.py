@@ -28,7 +28,21 @@ methods alike, and the table shows medians (gap min-max next to them):
 add NAME --isolated``, shaped with tbf): raw CRIU by hand over the same SSH link (``criu
 page-server`` there, ``criu dump --page-server`` through ``ssh -L`` on one control master, the
 other images with tar over it, ``criu restore`` there) against ``ctconsole migrate`` stop-copy
-(pages down the page channel during the dump). 1 GiB at 100 Mbit/s is skipped unless ``--slow``.
+(pages down the page channel during the dump), on the same control master (``ct``, through
+``CTCONSOLE_SSH_OPTS``; ctconsole's own kept connection, ``CTCONSOLE_SSH_PERSIST``, after a
+``check --to`` is the same case) and with a fresh ssh connection (``ct-own``: the first command
+to a host). 1 GiB at 100 Mbit/s is skipped unless ``--slow``.
+
+What is not ours, with figures (this machine: a 2-vCPU Firecracker VM, docs/migration.md):
+- SSH's cipher caps the page stream (~105-140 MiB/s), for raw and ctconsole alike.
+- At 1 GiB the restore allocates a GiB of memory. raw's dump has just killed its source, and
+  the restore gets that memory back warm; ctconsole holds the source frozen until the copy runs
+  (the never-lose rule), so its restore needs memory nobody just freed, which this VM must fault
+  in from its hypervisor: ``perf record -a`` of a 1 GiB ``criu restore`` shows the kernel's
+  ``clear_page_erms`` at 30.5 % of samples with the source held against 6.8 % with it killed
+  (CRIU's restore_time, medians of 4: 1.64 s held, 0.63 s killed). The ``raw-held`` control
+  (raw CRIU with ``--leave-stopped``, killing the source after the restore) pays the same; between
+  two real hosts neither pipeline gets the source's memory back.
 """
 
 from __future__ import annotations
@@ -173,6 +187,8 @@ def _timings(got: dict[str, float]) -> Callable[[object], None]:
             got["downtime"] = e.seconds
         elif isinstance(e, ev.FrozenTime):
             got["frozen_ms"] = e.seconds * 1000
+        elif isinstance(e, ev.RestoreTime):
+            got["restore_time"] = e.seconds  # CRIU's stats-restore restore_time
 
     return on
 
@@ -324,32 +340,43 @@ while True:
 
 
 class UdpTicks:
-    """The workload's ticks as seen from here: UDP datagrams to the source end of the lab link.
+    """The workload's ticks as seen from here: UDP datagrams to 127.0.0.1:PORT, wherever it runs.
 
-    Why UDP: the isolated host shares no writable path with us, so a tick file
-    cannot follow the workload; the receive times (one clock, ours) give the gap.
+    Why UDP on loopback, twice: the isolated host shares no writable path with
+    us, so a tick file cannot follow the workload, and lab addresses exist only
+    in namespaces the lab made (the source end of the link sits in the lab's
+    edge namespace, not here). So the workload sends every tick to 127.0.0.1:PORT;
+    one socket here receives them before the migration, one made in the isolated
+    host's network namespace (the same port on its own loopback) after it. Both
+    are read in this process: the receive times are on one clock, ours.
     """
 
-    def __init__(self, addr: str) -> None:
+    def __init__(self, netns: str) -> None:
         import socket
 
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((addr, 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
+        from ctconsole.lab import edge
+        from ctconsole.lab.isolated import netns_path
+
+        here = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        here.bind(("127.0.0.1", 0))
+        self.port = here.getsockname()[1]
+        there = edge.socket_in(netns_path(netns), socket.AF_INET, socket.SOCK_DGRAM)
+        there.bind(("127.0.0.1", self.port))
+        self.socks = [here, there]
         self.got: list[tuple[int, float]] = []
         self.stop = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
+        import select
+
         while not self.stop:
-            try:
-                data = self.sock.recv(64)
-            except OSError:
-                continue
-            with contextlib.suppress(ValueError):
-                self.got.append((int(data), time.monotonic()))
+            ready, _, _ = select.select(self.socks, [], [], 0.2)
+            now = time.monotonic()
+            for sock in ready:
+                with contextlib.suppress(OSError, ValueError):
+                    self.got.append((int(sock.recv(64)), now))
 
     def count(self) -> int:
         return len(self.got)
@@ -360,22 +387,23 @@ class UdpTicks:
             time.sleep(0.02)
 
     def max_gap(self) -> float:
-        ts = [t for _, t in self.got]
+        ts = sorted(t for _, t in self.got)
         return max((b - a for a, b in itertools.pairwise(ts)), default=0.0)
 
     def close(self) -> None:
         self.stop = True
         self.thread.join(1)
-        self.sock.close()
+        for sock in self.socks:
+            sock.close()
 
 
 class UdpWorkload:
-    def __init__(self, d: Path, mib: int, addr: str) -> None:
-        self.ticks = UdpTicks(addr)
+    def __init__(self, d: Path, mib: int, netns: str) -> None:
+        self.ticks = UdpTicks(netns)
         self.marker = f"ctbw-{uuid.uuid4().hex[:8]}"
         (d / f"{self.marker}.py").write_text(UDP_WORKLOAD)
         self.launcher = subprocess.Popen(
-            ["unshare", "--pid", "--fork", sys.executable, "-S", str(d / f"{self.marker}.py"), addr,
+            ["unshare", "--pid", "--fork", sys.executable, "-S", str(d / f"{self.marker}.py"), "127.0.0.1",
              str(self.ticks.port), str(mib)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, close_fds=True)
@@ -392,7 +420,7 @@ class UdpWorkload:
         raise RuntimeError("workload did not start")
 
     def continuous(self) -> bool:
-        ns = [n for n, _ in self.ticks.got]
+        ns = sorted(n for n, _ in self.ticks.got)
         return all(b == a + 1 for a, b in itertools.pairwise(ns))
 
     def close(self) -> None:
@@ -424,13 +452,16 @@ class SshLink:
         self.master.wait()
 
 
-def raw_over_ssh(tmp: Path, mib: int, host: Any, link: SshLink) -> dict[str, Any]:
-    """By hand: criu page-server there, criu dump --page-server through an ssh -L forward, tar the rest, restore."""
+def raw_over_ssh(tmp: Path, mib: int, host: Any, link: SshLink, hold: bool = False) -> dict[str, Any]:
+    """By hand: criu page-server there, criu dump --page-server through an ssh -L forward, tar the rest, restore.
+
+    ``hold`` (the ``raw-held`` control): ``criu dump --leave-stopped``, the source killed only after the
+    restore, as anyone who wants a way back must do (and as ctconsole does); not the raw baseline.
+    """
     from ctconsole.config import criu_binary
-    from ctconsole.migrate.netns import free_port
 
     criu = criu_binary()
-    w = UdpWorkload(tmp, mib, host.src_address)
+    w = UdpWorkload(tmp, mib, host.netns)
     tag = uuid.uuid4().hex[:6]
     src = tmp / f"raw-src-{tag}"
     src.mkdir()
@@ -448,7 +479,7 @@ def raw_over_ssh(tmp: Path, mib: int, host: Any, link: SshLink) -> dict[str, Any
             time.sleep(0.05)
         t0 = time.monotonic()
         sh(criu, "dump", "-t", str(w.pid), "-D", str(src), "-o", "dump.log", "--page-server", "--address",
-           "127.0.0.1", "--port", str(lport))
+           "127.0.0.1", "--port", str(lport), *(["--leave-stopped"] if hold else []))
         t1 = time.monotonic()
         ps.wait(timeout=120)
         tar = subprocess.Popen(["tar", "-C", str(src), "-cf", "-", "."], stdout=subprocess.PIPE)
@@ -458,11 +489,14 @@ def raw_over_ssh(tmp: Path, mib: int, host: Any, link: SshLink) -> dict[str, Any
         t2 = time.monotonic()
         r = link.run(f"{criu} restore -D {dst} -d -o restore.log")
         t3 = time.monotonic()
+        if hold:
+            os.kill(w.pid, signal.SIGKILL)  # the stopped source: its pid namespace goes with it
         if r.returncode != 0:
             raise RuntimeError(f"raw restore failed: {r.stderr[-500:]}")
         w.ticks.wait_more(20)
         return {"total": t3 - t0, "dump": t1 - t0, "copy": t2 - t1, "restore": t3 - t2,
-                "frozen_ms": frozen_ms(src / "stats-dump"), "gap": w.ticks.max_gap(), "ok": float(w.continuous())}
+                "frozen_ms": frozen_ms(src / "stats-dump"), "gap": w.ticks.max_gap(),
+                "ok": float(w.continuous()), "restore_time": _remote_restore_time(link, dst)}
     finally:
         subprocess.run(link.argv("-O", "cancel", "-L", f"127.0.0.1:{lport}:127.0.0.1:{rport}"),
                        capture_output=True, timeout=30, check=False)
@@ -471,39 +505,112 @@ def raw_over_ssh(tmp: Path, mib: int, host: Any, link: SshLink) -> dict[str, Any
         shutil.rmtree(src, ignore_errors=True)
 
 
-def ctconsole_over_ssh(tmp: Path, mib: int, host: Any) -> dict[str, Any]:
+def _remote_restore_time(link: SshLink, dst: str) -> float:
+    """CRIU's restore_time (s) from the stats-restore the raw restore left on the isolated host."""
+    from ctconsole.criu.images import parse_stats
+
+    r = subprocess.run([*link.argv(), f"cat {dst}/stats-restore"], capture_output=True, timeout=30)
+    try:
+        return parse_stats(r.stdout, "stats-restore").restore_time_us / 1e6  # type: ignore[union-attr]
+    except Exception:
+        return float("nan")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (raw CRIU's page server listens on it)."""
+    import socket as _socket
+
+    with _socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ctconsole_over_ssh(tmp: Path, mib: int, host: Any, master: Path | None = None) -> dict[str, Any]:
+    """``ctconsole migrate`` stop-copy; ``master``: ride that ssh control master (the one raw uses),
+    through ``CTCONSOLE_SSH_OPTS`` as an operator with ``ControlMaster auto`` would; None: its own."""
     from ctconsole.migrate.engine import Migration, MigrationRequest
 
-    w = UdpWorkload(tmp, mib, host.src_address)
+    w = UdpWorkload(tmp, mib, host.netns)
     got: dict[str, float] = {}
     on = _timings(got)
-
+    saved = os.environ.get("CTCONSOLE_SSH_OPTS")
+    if master is not None:
+        os.environ["CTCONSOLE_SSH_OPTS"] = f"-o ControlPath={master} -o ControlMaster=auto"
+    # ct-own is the cold case: a fresh ssh connection, as the first command to a host pays it (ctconsole
+    # otherwise keeps its connection open for the next one, CTCONSOLE_SSH_PERSIST, like ``ct``)
+    saved_persist = os.environ.get("CTCONSOLE_SSH_PERSIST")
+    os.environ["CTCONSOLE_SSH_PERSIST"] = "0" if master is None else "60"
     try:
         t0 = time.monotonic()
-        done = Migration(MigrationRequest(ref=f"tree:{w.pid}", dest=host.dest, timeout=600), on).run()
+        try:
+            done = Migration(MigrationRequest(ref=f"tree:{w.pid}", dest=host.dest, timeout=600), on).run()
+        finally:
+            if saved is None:
+                os.environ.pop("CTCONSOLE_SSH_OPTS", None)
+            else:
+                os.environ["CTCONSOLE_SSH_OPTS"] = saved
+            if saved_persist is None:
+                os.environ.pop("CTCONSOLE_SSH_PERSIST", None)
+            else:
+                os.environ["CTCONSOLE_SSH_PERSIST"] = saved_persist
         t1 = time.monotonic()
         if done.result != "migrated":
             raise RuntimeError(f"{done.result}: {done.message} {done.details.get('errors')}")
         w.ticks.wait_more(20)
         return {"total": t1 - t0, "frozen_ms": got.get("frozen_ms", float("nan")),
                 "downtime": got.get("downtime", float("nan")), "gap": w.ticks.max_gap(), "ok": float(w.continuous()),
-                "timeline": done.details.get("timeline", {})}
+                "restore_time": got.get("restore_time", float("nan")), "timeline": done.details.get("timeline", {})}
     finally:
         w.close()
 
 
+def page_reporting() -> str:
+    """Whether this (virtual) machine hands freed memory back to its hypervisor, and how we know.
+
+    Why it matters here: memory this VM has not touched lately (or handed back
+    through free page reporting) costs a hypervisor fault per page when the
+    kernel clears it. raw CRIU's restore allocates right after its dump killed
+    the source, so it gets that warm memory back; ctconsole keeps the source
+    frozen until the destination runs (the never-lose rule), so its restore
+    allocates other memory: the ``raw-held`` control shows raw in that situation.
+    """
+    for dev in Path("/sys/bus/virtio/devices").glob("*"):
+        with contextlib.suppress(OSError):
+            if (dev / "device").read_text().strip() == "0x0005":
+                feats = (dev / "features").read_text().strip()
+                on = len(feats) > 5 and feats[5] == "1"  # VIRTIO_BALLOON_F_REPORTING
+                return ("on (virtio-balloon feature REPORTING)" if on else "off (virtio-balloon without REPORTING)")
+    return "off (no virtio balloon)"
+
+
 def isolated_main(a: argparse.Namespace) -> int:
-    """The isolated-host table: raw CRIU over the same SSH link vs ctconsole stop-copy, per size and rate."""
+    """The isolated-host table: raw CRIU over the same SSH link vs ctconsole stop-copy, per size and rate.
+
+    Methods, interleaved per repeat: ``raw``; ``ct``: ctconsole riding the control
+    master raw uses (``CTCONSOLE_SSH_OPTS=-o ControlPath=... -o ControlMaster=auto``,
+    as an operator with ``ControlMaster auto`` in ~/.ssh/config would: both pipelines
+    then start on an open connection); ``ct-own``: ctconsole opening its own ssh
+    connection (the default without such a master); ``raw-held`` (256 MiB and up):
+    raw with the source held stopped until the restore is done (see
+    :func:`page_reporting`).
+    """
     from ctconsole import lab
 
+    # an installed package has its bytecode; this work tree may not (PYTHONDONTWRITEBYTECODE), and on
+    # the isolated host it is read-only, so a missing .pyc would be compiled again at every agent start
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "ctconsole")], check=False,
+                   capture_output=True, env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
     tmp = Path(tempfile.mkdtemp(prefix="ctbench-", dir="/var/tmp"))
     os.chmod(tmp, 0o700)
     os.environ.setdefault("CTCONSOLE_STATE_DIR", str(tmp / "state"))
     os.environ.setdefault("CTCONSOLE_RUN_DIR", str(tmp / "run"))
     name = a.host
+    if name in {h.name for h in lab.host_list()}:
+        lab.host_del(name)  # left over from an interrupted run
     host = lab.host_add(name, isolated=True)
     link = SshLink(tmp, host.address)
     rates = [r for r in a.rates.split(",")]
+    keys = ("raw", "ct", "ct-own", "raw-held")
     rows: list[tuple[str, int, dict[str, list[dict[str, Any]]]]] = []
     try:
         for rate in rates:
@@ -513,29 +620,41 @@ def isolated_main(a: argparse.Namespace) -> int:
                     print(f"skipping {mib} MiB at 100mbit (about {mib * 8 / 100:.0f} s a run; --slow runs it)",
                           file=sys.stderr)
                     continue
-                per: dict[str, list[dict[str, Any]]] = {"raw": [], "ct": []}
+                per: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
                 for i in range(a.repeat):
-                    for key in ("raw", "ct"):
+                    # rotated each repeat: on this VM a run is faster when the run before it touched as much
+                    # memory as it needs (ctconsole and raw-held need the source's size more than raw), so
+                    # no method may always follow the same one
+                    for key in keys[i % len(keys):] + keys[:i % len(keys)]:
+                        if key == "raw-held" and mib < 256:
+                            continue
                         try:
-                            r = (raw_over_ssh(tmp, mib, host, link) if key == "raw"
-                                 else ctconsole_over_ssh(tmp, mib, host))
+                            if key.startswith("raw"):
+                                r = raw_over_ssh(tmp, mib, host, link, hold=key == "raw-held")
+                            else:
+                                r = ctconsole_over_ssh(tmp, mib, host, link.ctl if key == "ct" else None)
                         except Exception as exc:  # one failed run must not lose the table
                             print(f"{rate} {mib} MiB run {i + 1} {key}: FAILED {exc}", file=sys.stderr, flush=True)
                             continue
                         per[key].append(r)
                         print(f"{rate} {mib} MiB run {i + 1} {key}: gap {r['gap'] * 1000:.0f} ms, total "
-                              f"{r['total']:.2f} s" + (f", timeline {r['timeline']}" if r.get("timeline") else ""),
+                              f"{r['total']:.2f} s, restore {r['restore_time']:.2f} s"
+                              + (f", timeline {r['timeline']}" if r.get("timeline") else ""),
                               file=sys.stderr, flush=True)
                 rows.append((rate, mib, per))
         print()
         print("isolated host (own netns + mount ns + sshd; same kernel), ssh://root@" + host.address)
-        print("workload: python in its own pid ns, N MiB touched, a UDP tick every 10 ms to this host; "
-              "gap = longest pause between two ticks as received here")
+        print("workload: python in its own pid ns, N MiB touched, a UDP tick every 10 ms to 127.0.0.1 (received "
+              "here, and in the isolated host's netns after the move); gap = longest pause between two ticks")
         print("raw = criu page-server there + criu dump --page-server through ssh -L on one control master + "
               "tar of the other images over it + criu restore -d there (no checks, no way back)")
-        print(f"medians of {a.repeat} interleaved runs")
+        print("ct = ctconsole migrate (stop-copy) on the same control master (as on ctconsole's own kept "
+              "connection after a check --to); ct-own = a fresh ssh connection (the first command to a host)")
+        print(f"medians of {a.repeat} interleaved runs (order rotated per repeat); "
+              "restore = CRIU's stats-restore restore_time (s)")
         hdr = (f"{'rate':>9} {'size':>8}  {'raw total':>9} {'raw gap':>8}  {'ct total':>9} {'ct gap':>8}  "
-               f"{'total x':>7} {'gap x':>6} {'ok':>5}")
+               f"{'total x':>7} {'gap x':>6}  {'own total':>9} {'own x':>6}  {'held gap':>8} {'ct/held':>7}  "
+               f"{'restore raw/held/ct':>20} {'ok':>5}")
         print(hdr)
         print("-" * len(hdr))
         for rate, mib, per in rows:
@@ -544,11 +663,19 @@ def isolated_main(a: argparse.Namespace) -> int:
                 continue
             rt, rg = med(per["raw"], "total"), med(per["raw"], "gap")
             ct, cg = med(per["ct"], "total"), med(per["ct"], "gap")
-            ok = sum(1 for r in per["ct"] if r["ok"]) + sum(1 for r in per["raw"] if r["ok"])
-            oks = f"{ok}/{2 * len(per['ct'])}"
+            own = med(per["ct-own"], "total") if per["ct-own"] else float("nan")
+            held = med(per["raw-held"], "restore_time") if per["raw-held"] else float("nan")
+            hg = med(per["raw-held"], "gap") if per["raw-held"] else float("nan")
+            rst = f"{med(per['raw'], 'restore_time'):.2f}/{held:.2f}/{med(per['ct'], 'restore_time'):.2f}"
+            runs = [r for k in keys for r in per[k]]
+            oks = f"{sum(1 for r in runs if r['ok'])}/{len(runs)}"
             print(f"{rate:>9} {f'{mib}MiB':>8}  {rt:9.2f} {rg * 1000:8.0f}  {ct:9.2f} {cg * 1000:8.0f}  "
-                  f"{ct / rt:7.2f} {cg / rg:6.2f} {oks:>5}")
+                  f"{ct / rt:7.2f} {cg / rg:6.2f}  {own:9.2f} {own / rt:6.2f}  {hg * 1000:8.0f} {cg / hg:7.2f}  "
+                  f"{rst:>20} {oks:>5}")
         print("goal: gap x <= 1.10, total x <= 1.20; pages stream during the dump in both (page server)")
+        print(f"raw-held = raw with criu dump --leave-stopped, the source killed after the restore (a way back, "
+              f"as ctconsole keeps): the restore no longer gets the killed source's memory back warm; free page "
+              f"reporting to the hypervisor: {page_reporting()}")
     finally:
         link.close()
         with contextlib.suppress(Exception):

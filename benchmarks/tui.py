@@ -2,7 +2,9 @@
 
 Why: the operator's first impression is how fast the list appears, and the
 console must stay responsive while a migration floods it with progress.
-Goals: first paint < 1 s with 200 containers; no key > 100 ms during a migration.
+Goals (issue #14): first paint < 1 s with 200 containers; key p95 < 100 ms
+during a migration. The slowest key is printed too (one key in sixty can
+meet a garbage collection or the background poll), but is not the goal.
 
 Run:  .venv/bin/python benchmarks/tui.py [--keys 60] [--flood 2000]
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -169,7 +172,7 @@ async def key_latency(n: int, keys: int, flood: float) -> dict[str, float]:
     samples.sort()
     return {
         "median": statistics.median(samples),
-        "p95": samples[max(0, int(len(samples) * 0.95) - 1)],
+        "p95": samples[max(0, math.ceil(len(samples) * 0.95) - 1)],  # nearest rank
         "max": samples[-1],
         "events_per_s": emitted[0] / elapsed,
         "ticks_per_s": ticks / elapsed,
@@ -222,8 +225,13 @@ def main() -> int:
             f"| {r['events_per_s']:>8.0f} | {r['ticks_per_s']:>7.0f} | {r['renders_per_s']:>10.0f} "
             f"| {r['theme_switch_max']:>9.0f} ms |"
         )
-        ok &= r["first_paint_ms"] < 1000 and r["max"] < 100 and bool(r["migration_running"])
-    print("goals (first paint < 1 s, every key < 100 ms while migrating):", "met" if ok else "NOT met")
+        ok &= r["first_paint_ms"] < 1000 and r["p95"] < 100 and bool(r["migration_running"])
+    slowest = max(rows, key=lambda r: r["max"])
+    print(
+        "goals (first paint < 1 s, key p95 < 100 ms while migrating):",
+        "met" if ok else "NOT met",
+        f"(slowest key: {slowest['max']:.0f} ms at {slowest['containers']} containers)",
+    )
     return 0 if ok else 1
 
 

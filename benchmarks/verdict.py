@@ -528,6 +528,24 @@ def table(results: list[Outcome], skipped: dict[str, str], unbuilt: list[str], t
     return "\n".join(lines) + "\n"
 
 
+def unmount_left_under(work: Path) -> None:
+    """Detach every mount a killed test left below ``work`` (deepest first).
+
+    Why: a ZDTM test killed mid-run (cgroup_ignore, mnt_* tests) leaves its mount behind; a
+    cgroup2 mount left there kept a hierarchy alive on this host after a run.
+    """
+    base = str(work.resolve()).rstrip("/") + "/"
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ")
+            if mp.startswith(base):
+                points.append(mp)
+    for mp in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mp], capture_output=True, check=False)
+        print(f"unmounted {mp}, left by a test", file=sys.stderr)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=2, help="tests run in parallel (excl tests run alone)")
@@ -597,6 +615,7 @@ def main() -> int:
             left = list(_started)
         kill_ours(left)
         wait_gone(left, 5)
+        unmount_left_under(args.work)
     results = [r for r in results if r.note != "over budget"] + [r for r in results if r.note == "over budget"]
     over = [r.name for r in results if r.note == "over budget"]
     for n in over:

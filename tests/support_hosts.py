@@ -118,8 +118,7 @@ def pids_running(marker: str) -> list[int]:
 
 def ctenv(tmp: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(CTCONSOLE_STATE_DIR=str(tmp / "state"), CTCONSOLE_RUN_DIR=str(tmp / "run"),
-               PYTHONPATH=str(ROOT), **extra)
+    env.update(CTCONSOLE_STATE_DIR=str(tmp / "state"), CTCONSOLE_RUN_DIR=str(tmp / "run"), PYTHONPATH=str(ROOT))
     env.pop("CTCONSOLE_FAULT", None)
     env.update(extra)
     return env
@@ -317,11 +316,16 @@ class Sshd:
 
 
 @contextlib.contextmanager
-def throwaway_sshd(tmp_path: Path, addr: str, netns: str = "") -> Iterator[Sshd]:
+def throwaway_sshd(tmp_path: Path, addr: str, netns: str = "", edge_netns: str = "") -> Iterator[Sshd]:
     """sshd on ADDR (inside ``netns`` when given) with host key, user key and known_hosts in tmp_path.
 
     ``env`` runs ctconsole with its own state/run dirs and the ssh options that trust only that
     host key; the far side runs this checkout's ctconsole with state under tmp_path/remote-state.
+
+    ``edge_netns``: ADDR is in that namespace (an isolated lab host's source end, ``ctsrc-NAME``),
+    yet the sessions must run *here* (this host's network, where the source's containers and
+    bridges are): a listening socket is made in that namespace (``lab.edge.socket_in``) and each
+    connection is handed to an ``sshd -i`` started here, as inetd would. No bytes are relayed.
     """
     if not os.path.exists(SSHD) or not shutil.which("ssh"):
         pytest.skip("OpenSSH server/client not installed")
@@ -341,6 +345,18 @@ def throwaway_sshd(tmp_path: Path, addr: str, netns: str = "") -> Iterator[Sshd]
     argv = [SSHD, "-D", "-e", "-f", str(d / "sshd_config")]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
+    sessions: list[subprocess.Popen[bytes]] = []
+    listener: socket.socket | None = None
+    env: dict[str, str] = {}
+    if edge_netns:
+        from ctconsole.lab import edge
+
+        listener = edge.socket_in(f"/run/netns/{edge_netns}")
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((addr, port))
+        listener.listen(16)
+        argv = ["sleep", "infinity"]  # stands for the daemon: the sessions are the accept loop's
+        threading.Thread(target=_inetd, args=(listener, d, sessions), daemon=True).start()
     with open(d / "sshd.log", "wb") as log:
         sshd = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                                 start_new_session=True)
@@ -349,6 +365,8 @@ def throwaway_sshd(tmp_path: Path, addr: str, netns: str = "") -> Iterator[Sshd]
         (d / "known_hosts").write_text(f"[{addr}]:{port} {hostkey[0]} {hostkey[1]}\n")
         end = time.monotonic() + 10
         while time.monotonic() < end:
+            if listener is not None:
+                break
             with socket.socket() as s:
                 s.settimeout(0.2)
                 if s.connect_ex((addr, port)) == 0:
@@ -359,11 +377,45 @@ def throwaway_sshd(tmp_path: Path, addr: str, netns: str = "") -> Iterator[Sshd]
                       f"{ROOT / '.venv/bin/ctconsole'}")
         ssh_opts = (f"-F /dev/null -i {d / 'userkey'} -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes "
                     f"-o UserKnownHostsFile={d / 'known_hosts'}")
-        yield Sshd(addr, port, ctenv(tmp_path, CTCONSOLE_REMOTE_CMD=remote_cmd, CTCONSOLE_SSH_OPTS=ssh_opts), state)
+        env = ctenv(tmp_path, CTCONSOLE_REMOTE_CMD=remote_cmd, CTCONSOLE_SSH_OPTS=ssh_opts)
+        yield Sshd(addr, port, env, state)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(sshd.pid, 9)  # our sshd and the sessions it forked (same process group)
-        sshd.wait()
+        if env:
+            close_kept_ssh(env)
+        if listener is not None:
+            listener.close()
+        for p in [sshd, *sessions]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, 9)  # our sshd and the sessions it forked (same process group)
+            p.wait()
+
+
+def close_kept_ssh(env: dict[str, str]) -> None:
+    """End the ssh connections ctconsole kept open (CTCONSOLE_SSH_PERSIST) under ``env``'s run dir, so a
+    test leaves no ssh master, nor the sshd session it holds, for a minute after it."""
+    code = ("import glob, subprocess\n"
+            "from ctconsole.agent.channel import parse_destination, shared_control_path\n"
+            "d = shared_control_path(parse_destination('ssh://x')).parent\n"
+            "for p in glob.glob(str(d) + '/*'):\n"
+            "    subprocess.run(['ssh', '-o', 'ControlPath=' + p, '-O', 'exit', 'x'],\n"
+            "                   capture_output=True, timeout=10)\n")
+    subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60, check=False)
+
+
+def _inetd(listener: socket.socket, d: Path, sessions: list[subprocess.Popen[bytes]]) -> None:
+    """Accept on ``listener`` (in another namespace) and run ``sshd -i`` here on each connection."""
+    listener.settimeout(0.5)  # a close from another thread does not wake a blocked accept
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return  # closed: the fixture is done
+        conn.setblocking(True)
+        with conn, open(d / "sshd.log", "ab") as log:
+            sessions.append(subprocess.Popen([SSHD, "-i", "-e", "-f", str(d / "sshd_config")], stdin=conn.fileno(),
+                                             stdout=conn.fileno(), stderr=log, start_new_session=True))
 
 
 @dataclass

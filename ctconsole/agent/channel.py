@@ -12,8 +12,14 @@ Security notes:
 - no shell is ever involved locally: argv lists only. For ssh the remote
   command is a fixed word list (``CTCONSOLE_REMOTE_CMD`` split with shlex and
   each word quoted), because OpenSSH joins the remote argv into one string;
-- the page-server port of a remote destination is reached through an SSH
-  forward bound to 127.0.0.1 on both ends; nothing listens on a public address.
+- memory pages to a remote destination go through the agent's own SSH
+  connection, from a unix socket in a 0700 directory to another (see
+  ctconsole.migrate.transport); nothing listens on TCP on either host;
+- the SSH connection to a destination is kept open for :func:`ssh_persist`
+  seconds after the last use (OpenSSH ``ControlPersist``, as Ansible does by
+  default), its control socket in a root-only directory, so ``check --to``
+  followed by ``migrate``, or the console's probe followed by a migration,
+  pay the SSH handshake once (~0.3 s here: benchmarks/migrate.py, "own").
 """
 
 from __future__ import annotations
@@ -220,6 +226,41 @@ def ssh_options() -> list[str]:
     return shlex.split(os.environ.get("CTCONSOLE_SSH_OPTS", ""))
 
 
+def ssh_persist() -> int:
+    """Seconds an idle SSH connection to a destination stays open for the next command
+    (``CTCONSOLE_SSH_PERSIST``, default 60; 0 = one connection per channel, closed with it)."""
+    v = os.environ.get("CTCONSOLE_SSH_PERSIST", "60").strip()
+    return int(v) if v.isdigit() else 60
+
+
+def shared_control_path(dest: Destination) -> Path:
+    """The control socket of the kept-open SSH connection to ``dest``: one per user@host:port, in a
+    root-only directory under the run dir, named by a digest so the path stays short (sun_path)."""
+    import hashlib
+
+    from ctconsole.config import private_dir, run_dir
+
+    key = f"{dest.user}@{dest.host}:{dest.port or 22}".encode()
+    name = hashlib.sha256(key).hexdigest()[:20]
+    base = run_dir() / "ssh"
+    if len(str(base)) + len(name) + 19 > 104:  # ssh adds ".<16 random>" while it binds; sun_path is 108
+        tag = hashlib.sha256(str(base).encode()).hexdigest()[:8]
+        base = Path(tempfile.gettempdir()) / f"ctconsole-ssh-{os.getuid()}-{tag}"
+    return private_dir(base) / name
+
+
+def close_shared(dest: Destination) -> None:
+    """End the kept-open SSH connection to ``dest`` now, if there is one (lab host removal, a broken link)."""
+    if dest.kind != "ssh":
+        return
+    path = shared_control_path(dest)
+    if not path.exists():
+        return
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(["ssh", "-o", f"ControlPath={path}", "-O", "exit", "x"],
+                       capture_output=True, timeout=5, check=False)
+
+
 def _local_agent_argv() -> list[str]:
     return [sys.executable, "-m", "ctconsole", "agent", "--stdio"]
 
@@ -240,6 +281,7 @@ class AgentChannel:
         self._forward: subprocess.Popen[bytes] | None = None
         self._control_path: Path | None = None
         self._log_dir = log_dir
+        self._persist = ssh_persist() if dest.kind == "ssh" else 0
         self.should_abort: Callable[[], bool] = lambda: False
 
     # -- lifecycle --------------------------------------------------------------
@@ -254,14 +296,20 @@ class AgentChannel:
         target = target.replace("[", "").replace("]", "")
         # keepalives: the source may be frozen waiting on this link; a dead link must end ssh in ~15 s
         opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
-                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
-                "-o", "ControlMaster=yes", "-o", f"ControlPath={self._ssh_control()}"]
+                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+        if self._persist:
+            opts += ["-o", "ControlMaster=auto", "-o", f"ControlPersist={self._persist}s",
+                     "-o", f"ControlPath={self._ssh_control()}"]
+        else:
+            opts += ["-o", "ControlMaster=yes", "-o", f"ControlPath={self._ssh_control()}"]
         if d.port:
             opts += ["-p", str(d.port)]
         remote = " ".join(shlex.quote(w) for w in [*remote_command(), "agent", "--stdio"])
         return ["ssh", *ssh_options(), *opts, "-T", "--", target, remote]
 
     def _ssh_control(self) -> Path:
+        if self._control_path is None and self._persist:
+            self._control_path = shared_control_path(self.dest)
         if self._control_path is None:
             d = Path(tempfile.mkdtemp(prefix="ctconsole-ssh-"))
             os.chmod(d, 0o700)
@@ -321,6 +369,8 @@ class AgentChannel:
                 self._forward.kill()
             self._forward.wait()
             self._forward = None
+        if self._control_path is not None and self._persist:
+            self._control_path = None  # kept open for the next command; ControlPersist ends it
         if self._control_path is not None:
             with contextlib.suppress(OSError):
                 subprocess.run(
@@ -337,11 +387,14 @@ class AgentChannel:
                 self._stderr_path.unlink()
 
     def kill(self) -> None:
-        """Hard stop (used when the conversation is already broken)."""
+        """Hard stop (used when the conversation is already broken); a kept-open SSH connection that may
+        be the broken part is ended too, so the next command starts a fresh one."""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        if self._persist:
+            close_shared(self.dest)
 
     def stderr_tail(self, n: int = 10) -> list[str]:
         if self._stderr_path is None:
@@ -351,24 +404,6 @@ class AgentChannel:
         except OSError:
             return []
         return [f"agent: {ln}" for ln in lines[-n:] if ln.strip()]
-
-    # -- ssh port forward ---------------------------------------------------------
-    def reverse_forward(self, local_port: int) -> int:
-        """Forward 127.0.0.1:RPORT there to 127.0.0.1:local_port here (ssh only; post-copy); returns RPORT."""
-        if self.dest.kind != "ssh":
-            return local_port
-        target = self.dest.host.replace("[", "").replace("]", "")
-        argv = ["ssh", *ssh_options(), "-o", f"ControlPath={self._ssh_control()}", "-O", "forward",
-                "-R", f"127.0.0.1:0:127.0.0.1:{local_port}"]
-        if self.dest.port:
-            argv += ["-p", str(self.dest.port)]
-        argv += ["--", f"{self.dest.user}@{target}" if self.dest.user else target]
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
-        port = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
-        if res.returncode != 0 or not port.isdigit():
-            raise ChannelError("cannot set up the SSH reverse forward for the lazy page server",
-                               res.stderr.strip().splitlines())
-        return int(port)
 
     # -- request / reply -------------------------------------------------------------
     def call(self, field: str, msg: Any, timeout: float = 60.0) -> Any:

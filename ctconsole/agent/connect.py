@@ -51,6 +51,7 @@ def connect(
     timeout: float = HELLO_TIMEOUT,
     cpuinfo: bytes = b"",
     should_abort: Callable[[], bool] | None = None,
+    started: AgentChannel | None = None,
 ) -> tuple[AgentChannel, Any]:
     """Start the agent for ``dest`` and say hello: ``(channel, HelloReply)``; the caller closes the channel.
 
@@ -59,13 +60,16 @@ def connect(
     engine's abort). A malformed ``dest`` string raises UsageError; any failure
     to start the agent, a broken or refused hello, or an agent that speaks
     another protocol raises :class:`Unreachable`, and no agent is left running.
+    ``started``: a channel for ``dest`` already started (:meth:`AgentChannel.start`) by a caller that
+    had local work to do while ssh connects and the agent imports (the engine); hello goes on it.
     """
     d = parse_destination(dest) if isinstance(dest, str) else dest
-    ch = AgentChannel(d, log_dir=log_dir)
+    ch = started if started is not None else AgentChannel(d, log_dir=log_dir)
     if should_abort is not None:
         ch.should_abort = should_abort
     try:
-        ch.start()
+        if started is None:
+            ch.start()
         hello = ch.call("hello", agent_pb2.Hello(protocol=PROTOCOL_VERSION, cpuinfo_img=cpuinfo), timeout=timeout)
         if hello.protocol != PROTOCOL_VERSION:
             raise CtError(f"the agent speaks protocol {hello.protocol}, this console {PROTOCOL_VERSION}",

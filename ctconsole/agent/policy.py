@@ -392,6 +392,10 @@ def check_inherit(policy: Policy, how: str, path: str, perm: int = -1, creates: 
         return []
     if how != "open-file":
         return [Refusal("files.open", f"unknown inherited fd kind {how!r}")]
+    from ctconsole.agent.safefs import DEV_FILES
+
+    if path in DEV_FILES:
+        return []  # the kernel's own /dev/null, /dev/zero, /dev/full: opened as they are, never created
     out = []
     if not below(path, policy.files_open, strict=True):
         out.append(Refusal("files.open", f"opening {path!r} is not allowed (files below: {_j(policy.files_open)})"))
@@ -435,8 +439,9 @@ def check_probe(policy: Policy, name: str) -> tuple[tuple[str, ...], list[Refusa
 
 def check_image_bytes(policy: Policy, total: int) -> list[Refusal]:
     if total > policy.max_image_bytes:
-        return [Refusal("images.max_bytes", f"images would exceed {policy.max_image_bytes >> 20} MiB "
-                                            f"({total} bytes received or announced)")]
+        return [Refusal("images.max_bytes", f"images would exceed {policy.max_image_bytes} bytes "
+                                            f"({policy.max_image_bytes / (1 << 20):.1f} MiB): {total} bytes "
+                                            "received, written or announced")]
     return []
 
 
@@ -472,7 +477,8 @@ def check_restore_options(policy: Policy, opts: Mapping[str, Any], *, look: bool
         elif not isinstance(root, str) or not below(root, (*policy.roots, agent_storage()), strict=True):
             out.append(Refusal("restore.roots", f"container root {root!r} is not below an allowed directory "
                                                 f"({_j(policy.roots)})"))
-        elif look:
+        elif look and not (below(root, (agent_storage(),), strict=True) and not os.path.lexists(root)):
+            # (a carried root not made yet, as `check --to` asks before any carry: the agent makes it itself)
             why = safefs.dir_problem(root, root_owned=True, no_write=0o022)
             if why:
                 out.append(Refusal("restore.roots", f"container root refused: {why}"))
@@ -511,7 +517,8 @@ def check_restore_options(policy: Policy, opts: Mapping[str, Any], *, look: bool
             out.append(Refusal("restore.bind_sources", f"{what}: host path {src!r} may not be mounted into a "
                                                        f"container (allowed: {_j(policy.bind_sources)})"))
         elif look:
-            why = safefs.dir_problem(src, root_owned=False, no_write=0o002) if os.path.isdir(src) else ""
+            why = (safefs.dir_problem(src, root_owned=False, no_write=0o002) if os.path.isdir(src)
+                   else safefs.ancestors_problem(src))
             if why:
                 out.append(Refusal("restore.bind_sources", f"{what}: {why}"))
     for v in _dicts(opts.get("veths"), "veths", out):

@@ -16,6 +16,15 @@ is not group/world-writable, so no other user can replace or pre-create what
 the agent makes; every file created is recorded in a :class:`Ledger`, and
 rollback removes exactly those (checked by device and inode, so a file that
 was replaced meanwhile is left alone).
+
+And the whole way there must be safe, as OpenSSH's ``StrictModes`` wants it
+for ``authorized_keys`` (:func:`ancestors_problem`): every directory from
+``/`` down to a container root, a bind source or the directory of a file the
+agent creates is owned by root and not group/world-writable unless it is
+sticky (``/tmp``: others may add entries there but not rename or remove
+root's). Location alone is not enough: ``/tmp/alice/x`` is below an allowed
+``/tmp``, but alice can rename her directory and put another ``x`` in its
+place, however root-owned and private ``x`` itself is.
 """
 
 from __future__ import annotations
@@ -114,8 +123,47 @@ def _explain(path: str, exc: OSError) -> UnsafePath:
     return UnsafePath(f"{path}: {exc.strerror or exc}")
 
 
+def ancestors_problem(path: str) -> str:
+    """Why the way to ``path`` is unsafe, or "": every directory from ``/`` to its parent must be root's.
+
+    Root's means owned by the agent's euid and not group/world-writable
+    unless sticky; no component may be a symlink. ``path`` itself is not
+    looked at (its own rules differ: a container root, a bind source, a file).
+    """
+    try:
+        parts = _components(path)
+    except UnsafePath as exc:
+        return exc.message
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    where = "/"
+    try:
+        for i, part in enumerate(parts):
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid():
+                return f"{where} (on the way to {path}) is owned by uid {st.st_uid}, not by root"
+            if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+                return (f"{where} (on the way to {path}) is writable by "
+                        f"{'others' if st.st_mode & 0o002 else 'its group'} and not sticky "
+                        f"(mode {st.st_mode & 0o7777:o})")
+            if i == len(parts) - 1:
+                return ""
+            try:
+                nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                return _explain(where.rstrip("/") + "/" + part, exc).message
+            os.close(fd)
+            fd = nfd
+            where = where.rstrip("/") + "/" + part
+        return ""  # path is "/"
+    finally:
+        os.close(fd)
+
+
 def dir_problem(path: str, *, root_owned: bool, no_write: int) -> str:
-    """Why directory ``path`` is unfit (symlinks on the way, owner, ``no_write`` mode bits), or ""."""
+    """Why directory ``path`` is unfit (an unsafe way there, symlinks, owner, ``no_write`` mode bits), or ""."""
+    why = ancestors_problem(path)
+    if why:
+        return why
     try:
         fd = open_nofollow(path)
     except UnsafePath as exc:
@@ -150,6 +198,10 @@ def _safe_parent(path: str) -> tuple[int, str]:
         os.close(pfd)
         raise UnsafePath(f"{parent} must be owned by root and not group/world-writable to hold a file the agent "
                          f"opens (owner uid {st.st_uid}, mode {st.st_mode & 0o7777:o})")
+    why = ancestors_problem(parent)
+    if why:
+        os.close(pfd)
+        raise UnsafePath(why)
     return pfd, parts[-1]
 
 
@@ -179,13 +231,36 @@ class Ledger:
         self.files.clear()
 
 
+#: the only non-regular files handed to a restore: the kernel's memory devices (major 1), opened as they
+#: are and never created. Why: a container whose stdio is the host's /dev/null needs a /dev/null there
+#: (CRIU compares the whole st_mode on restore: a regular file in its place fails after the freeze)
+DEV_FILES = {"/dev/null": (1, 3), "/dev/zero": (1, 5), "/dev/full": (1, 7)}
+
+
+def _open_dev_file(path: str, flags: int) -> int:
+    want = DEV_FILES[path]
+    fd = os.open(path, (flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)) | os.O_NOFOLLOW | os.O_NOCTTY
+                 | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != want:
+        os.close(fd)
+        raise UnsafePath(f"{path} is not the kernel's {path} device here")
+    return fd
+
+
 def open_file(path: str, flags: int, perm: int, ledger: Ledger) -> int:
     """Open ``path`` for an inherited fd: create it (``perm`` minus :data:`NEVER_BITS`) or open the existing file.
 
     ``flags`` are the open flags (O_CREAT means "create when missing"). An
-    existing file must be a regular file; a created one is recorded in
-    ``ledger``. Raises :class:`UnsafePath` with the reason.
+    existing file must be a regular file (or one of :data:`DEV_FILES`, never
+    created); a created one is recorded in ``ledger``. Raises
+    :class:`UnsafePath` with the reason.
     """
+    if path in DEV_FILES:
+        try:
+            return _open_dev_file(path, flags)
+        except OSError as exc:
+            raise _explain(path, exc) from None
     pfd, name = _safe_parent(path)
     base = (flags & ~(os.O_CREAT | os.O_EXCL)) | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
     try:

@@ -106,7 +106,7 @@ def with_storage(report: Report, container: Any, dest: str, rules: Any, probe: A
     import dataclasses
 
     from ctconsole.errors import CtError
-    from ctconsole.feasibility import compile_rules
+    from ctconsole.feasibility import compile_rules, policy_asks, policy_findings
     from ctconsole.feasibility.findings import BLOCKER, INFO, Finding, verdict_of
     from ctconsole.migrate import storage
     from ctconsole.remap.compile import CompiledOptions
@@ -131,6 +131,13 @@ def with_storage(report: Report, container: Any, dest: str, rules: Any, probe: A
                   for line in plan.summary()]
         info = {"carried_bytes": plan.carried_bytes, "free_bytes": plan.free_bytes, "problems": list(plan.problems),
                 "summary": plan.summary()}
+        if plan.carried and any(f.rule == "dest-policy" for f in report.findings):
+            # the policy judged the source's paths; the migration restores from where the destination
+            # puts the carried copy (as the engine asks it, after the carry): judge those instead
+            kept = [f for f in report.findings if f.rule != "dest-policy"]
+            restore = storage.rewrite_restore_opts(report.restore_options, plan.items, plan.targets)
+            refusals = probe.policy_refusals(restore, *policy_asks(compiled))
+            report = dataclasses.replace(report, findings=(*kept, *policy_findings(refusals, dest)))
     findings = (*report.findings, *found)
     destination = dict(report.destination or {})
     destination["storage"] = info

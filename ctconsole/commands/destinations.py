@@ -9,9 +9,19 @@ shell completion of ``migrate --to`` and ``check --to``).
 Sources, merged by DEST: lab hosts (:mod:`ctconsole.lab.hosts`), the
 ``--host`` values the console was started with, past migrations from the
 journal (which also give "last used"), and the concrete ``Host`` entries of
-``~/.ssh/config``. Reachability is cheap and local: a lab host's network
-namespace exists; an ssh host accepts a TCP connection on its port within a
-short timeout (probed in parallel; ``probe=False`` skips it).
+``~/.ssh/config``. Reachability is cheap and local (probed in parallel;
+``probe=False`` skips it):
+
+- a lab host answers the lab's own way (:func:`ctconsole.lab.hosts.answers`:
+  its netns exists; an isolated host's sshd answers from its edge namespace);
+- an address in the lab's network that no lab host has now (a past lab
+  host in the journal) is never probed: from this namespace it would go
+  to the default gateway, out of the lab, and may be answered by a stranger;
+- an ssh host is resolved by OpenSSH itself (``ssh -G``: HostName, Port,
+  ProxyCommand/ProxyJump as the operator configured them); one reached
+  through a proxy or bastion is not probed (a direct TCP connect cannot
+  tell), the rest must accept a TCP connection on their port within a
+  short timeout.
 """
 
 from __future__ import annotations
@@ -38,7 +48,8 @@ class Destination:
 
     ``dest`` is what ``migrate --to`` takes; ``kind`` where it came from
     (lab, host, journal, ssh-config); ``reachable`` None when not probed;
-    ``last_used`` the epoch seconds of the latest migration there (0: never).
+    ``last_used`` the epoch seconds of the latest migration there (0: never);
+    ``why`` what the reachability probe found when it is not reachable.
     """
 
     dest: str
@@ -47,6 +58,18 @@ class Destination:
     reachable: bool | None = None
     last_used: float = 0.0
     note: str = ""
+    why: str = ""
+
+
+def _lab_hosts_by_dest() -> dict[str, Any]:
+    """DEST -> LabHost for the lab hosts there are now (empty without a lab)."""
+    from ctconsole.lab import hosts as lab_hosts
+    from ctconsole.lab.proc import LabError
+
+    try:
+        return {h.dest: h for h in lab_hosts.list_hosts()}
+    except (LabError, OSError, ValueError):
+        return {}
 
 
 def lab_destinations() -> list[Destination]:
@@ -61,7 +84,12 @@ def lab_destinations() -> list[Destination]:
 
 
 def journal_destinations(limit: int = JOURNALS_READ) -> list[Destination]:
-    """Past destinations, each with the time of its latest migration (and what became of it)."""
+    """Past destinations, each with the time of its latest migration (and what became of it).
+
+    A DEST that ``migrate --to`` refuses (a typo that failed, e.g. ``bogus://x``) is not offered again.
+    """
+    from ctconsole.agent.channel import parse_destination
+    from ctconsole.errors import UsageError
     from ctconsole.migrate import journal
 
     out: dict[str, Destination] = {}
@@ -76,16 +104,37 @@ def journal_destinations(limit: int = JOURNALS_READ) -> list[Destination]:
             continue
         if not s.dest or s.dest == "?":
             continue
+        try:
+            parse_destination(s.dest)
+        except UsageError:
+            continue
         old = out.get(s.dest)
         if old is None or s.started > old.last_used:
             out[s.dest] = Destination(s.dest, "journal", last_used=s.started, note=f"last: {s.result}")
     return list(out.values())
 
 
+def ssh_config_path() -> Path:
+    """The client config our ssh commands read: ``-F FILE`` from ``CTCONSOLE_SSH_OPTS``, else the one in the
+    home directory of the user we run as (ssh reads the passwd entry's home, not ``$HOME``: under
+    ``sudo`` with HOME kept, ``$HOME/.ssh/config`` names hosts root's ssh does not know)."""
+    import pwd
+
+    from ctconsole.agent.channel import ssh_options
+
+    opts = ssh_options()
+    for i, w in enumerate(opts):
+        if w == "-F" and i + 1 < len(opts):
+            return Path(opts[i + 1])
+        if w.startswith("-F") and len(w) > 2:
+            return Path(w[2:])
+    return Path(pwd.getpwuid(os.geteuid()).pw_dir) / ".ssh" / "config"
+
+
 def _parse_ssh_config(path: Path | None = None) -> dict[str, dict[str, str]]:
     """Concrete ``Host`` aliases of an OpenSSH config (no patterns) -> their hostname/port/user."""
     try:
-        text = (path or Path.home() / ".ssh" / "config").read_text(errors="replace")
+        text = (path or ssh_config_path()).read_text(errors="replace")
     except OSError:
         return {}
     current: list[str] = []
@@ -120,48 +169,94 @@ def ssh_config_destinations(path: Path | None = None) -> list[Destination]:
     ]
 
 
-def _ssh_target(dest: str, ssh_info: dict[str, tuple[str, int]]) -> tuple[str, int] | None:
-    rest = dest.removeprefix("ssh://").rstrip("/")
-    rest = rest.rpartition("@")[2]
-    if rest in ssh_info:
-        return ssh_info[rest]
-    host, port = rest, 22
-    if rest.count(":") == 1:
-        host, _, p = rest.partition(":")
-        port = int(p) if p.isdigit() else 22
-    elif rest.startswith("[") and "]:" in rest:
-        host, _, p = rest[1:].partition("]:")
-        port = int(p) if p.isdigit() else 22
-    return (host.strip("[]"), port) if host else None
-
-
-def _tcp_open(target: tuple[str, int]) -> bool:
+def _tcp_answer(target: tuple[str, int]) -> str:
+    """"" when ``host:port`` accepts a TCP connection, else why not, in a few words."""
     try:
         with socket.create_connection(target, timeout=PROBE_TIMEOUT):
-            return True
-    except OSError:
+            return ""
+    except socket.gaierror:
+        return f"{target[0]}: unknown host"
+    except TimeoutError:
+        return f"{target[0]}:{target[1]}: no answer in {PROBE_TIMEOUT:g} s"
+    except ConnectionRefusedError:
+        return f"{target[0]}:{target[1]}: connection refused"
+    except OSError as exc:
+        return f"{target[0]}:{target[1]}: {exc.strerror or exc}"
+
+
+def _ssh_resolved(d: Any, ssh_config: Path | None = None) -> dict[str, str] | None:
+    """What OpenSSH will do for the parsed ssh DEST ``d`` (``ssh -G`` with our own options: hostname, port,
+    proxycommand, proxyjump), without connecting. None when ssh is missing or refuses the target."""
+    import subprocess
+
+    from ctconsole.agent.channel import ssh_options
+
+    host = d.host.replace("[", "").replace("]", "")
+    argv = ["ssh", *ssh_options(), "-G"] + (["-F", str(ssh_config)] if ssh_config else [])
+    argv += (["-p", str(d.port)] if d.port else []) + ["--", f"{d.user}@{host}" if d.user else host]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=2, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    conf: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        k, _, v = line.partition(" ")
+        conf.setdefault(k.lower(), v.strip())
+    return conf
+
+
+def _in_lab_network(host: str) -> bool:
+    import ipaddress
+
+    from ctconsole.lab.netns import LAB_NETWORK
+
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network(LAB_NETWORK)
+    except ValueError:
         return False
 
 
-def _ssh_hosts(path: Path | None = None) -> dict[str, tuple[str, int]]:
-    """alias -> (HostName, Port) from the ssh config, for probing."""
-    out = {}
-    for alias, kv in _parse_ssh_config(path).items():
-        port = kv.get("port", "22")
-        out[alias] = (kv.get("hostname", alias), int(port) if port.isdigit() else 22)
-    return out
+def reach(dest: str, lab: dict[str, Any] | None = None, ssh_config: Path | None = None) -> tuple[bool | None, str]:
+    """Cheap reachability and, when down, why (see the module docstring for each kind).
 
+    ``lab``: DEST -> LabHost of the lab hosts there are now. None: cannot tell (an unknown scheme, a
+    host behind a proxy).
+    """
+    from ctconsole.agent.channel import parse_destination
+    from ctconsole.errors import UsageError
 
-def reachable(dest: str, ssh_info: dict[str, tuple[str, int]] | None = None) -> bool | None:
-    """Cheap reachability: the netns exists; the ssh port answers; ``local`` always. None: cannot tell."""
-    if dest == "local":
-        return True
-    if dest.startswith("netns:"):
-        return os.path.exists(f"/run/netns/{dest[6:]}")
-    if dest.startswith("ssh://"):
-        target = _ssh_target(dest, ssh_info or {})
-        return _tcp_open(target) if target else False
-    return None
+    if lab and dest in lab:
+        from ctconsole.lab import hosts as lab_hosts
+
+        if lab_hosts.answers(lab[dest]):
+            return True, ""
+        return False, f"lab host {lab[dest].name} does not answer (ctconsole lab host list)"
+    try:
+        d = parse_destination(dest)
+    except UsageError:
+        return None, ""
+    if d.kind == "local":
+        return True, ""
+    if d.kind == "netns":
+        if os.path.exists(f"/run/netns/{d.name}"):
+            return True, ""
+        return False, f"no network namespace {d.name} (ip netns list)"
+    conf = _ssh_resolved(d, ssh_config)
+    if conf is not None:
+        if conf.get("proxycommand", "none") != "none" or conf.get("proxyjump", "none") != "none":
+            return None, "reached through a proxy: not probed"
+        port = conf.get("port", "22")
+        target = (conf.get("hostname", ""), int(port) if port.isdigit() else 22)
+    else:  # no usable ssh here: what the DEST itself says
+        target = (d.host.strip("[]"), d.port or 22)
+    if not target[0]:
+        return False, "no host name in it"
+    if _in_lab_network(target[0]):
+        return False, f"{target[0]}: no lab host has this address now (lab addresses are not probed from here)"
+    why = _tcp_answer(target)
+    return not why, why
 
 
 def merge(groups: Iterable[Iterable[Destination]]) -> list[Destination]:
@@ -182,26 +277,50 @@ def merge(groups: Iterable[Iterable[Destination]]) -> list[Destination]:
     return list(out.values())
 
 
+def is_here(dest: str) -> bool:
+    """``dest`` is where ctconsole runs: ``local``, or ``netns:NAME`` when this process is in that namespace.
+
+    Why: a console started in a lab host's namespace (``ip netns exec ctlab-x ctconsole``) would
+    otherwise offer that very host first (it was used last) as where to move a container that is there.
+    """
+    if dest == "local":
+        return True
+    if not dest.startswith("netns:"):
+        return False
+    try:
+        there, here = os.stat(f"/run/netns/{dest[6:]}"), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
+
+
+def reach_rank(d: Destination) -> int:
+    """Reachable first, then the ones not probed, then the ones that do not answer."""
+    return {True: 0, None: 1, False: 2}[d.reachable]
+
+
 def ordered(dests: Iterable[Destination]) -> list[Destination]:
-    """Last used first; then never-used ones by kind (lab, host, ssh-config) and name."""
+    """Reachable first (a host that is down is never the first offer, even if used last); in each group
+    last used first, then never-used ones by kind (host, lab, journal, ssh-config) and name."""
     rank = {"host": 0, "lab": 1, "journal": 2, "ssh-config": 3}
-    return sorted(dests, key=lambda d: (-d.last_used, rank.get(d.kind, 9), d.dest))
+    return sorted(dests, key=lambda d: (reach_rank(d), -d.last_used, rank.get(d.kind, 9), d.dest))
 
 
 def known_destinations(
     hosts: Sequence[str] = (), probe: bool = True, ssh_config: Path | None = None
 ) -> list[Destination]:
-    """Every destination ctconsole knows, last used first (``local`` and the source itself excluded)."""
+    """Every destination ctconsole knows, reachable ones first, last used first among them (``local`` and the
+    source itself excluded)."""
     given = [Destination(h, "host") for h in hosts if h and h != "local"]
     found = merge([given, lab_destinations(), journal_destinations(), ssh_config_destinations(ssh_config)])
-    found = [d for d in found if d.dest != "local"]
+    found = [d for d in found if not is_here(d.dest)]
     if probe and found:
         import concurrent.futures
 
-        info = _ssh_hosts(ssh_config)
+        lab = _lab_hosts_by_dest()
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(found))) as pool:
-            answers = list(pool.map(lambda d: reachable(d.dest, info), found))
-        found = [replace(d, reachable=r) for d, r in zip(found, answers, strict=True)]
+            answers = list(pool.map(lambda d: reach(d.dest, lab, ssh_config), found))
+        found = [replace(d, reachable=r, why=why) for d, (r, why) in zip(found, answers, strict=True)]
     return ordered(found)
 
 
@@ -210,7 +329,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "destinations",
         help="list the destinations ctconsole knows (lab hosts, past migrations, ~/.ssh/config)",
-        description="List the places a container can migrate to, last used first: lab hosts, "
+        description="List the places a container can migrate to, the ones that answer first (last used "
+        "first among them), then the ones that do not, with why: lab hosts, "
         "destinations of past migrations (from the journal) and the hosts of ~/.ssh/config, with "
         "their kind and whether they answer. --names prints one DEST per line for shell completion "
         "of `migrate --to` and `check --to`.",
@@ -245,5 +365,6 @@ def render(dests: Sequence[Destination]) -> str:
     lines = [f"{'DEST':<32} {'KIND':<10} {'REACH':<5} {'LAST USED':<16} NOTE"]
     for d in dests:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(d.last_used)) if d.last_used else "-"
-        lines.append(f"{d.dest:<32} {d.kind:<10} {reach_word(d):<5} {used:<16} {d.note}")
+        note = "; ".join(x for x in (d.why, d.note) if x)
+        lines.append(f"{d.dest:<32} {d.kind:<10} {reach_word(d):<5} {used:<16} {note}")
     return "\n".join(lines) + "\n"

@@ -154,7 +154,7 @@ def _host_line(h: dict[str, Any]) -> str:
         state = "up" if h.get("running") else "DOWN (sshd gone: `lab host add --isolated` rebuilds it)"
         return (
             f"host {h['name']}: isolated, --to {h['dest']}, netns {h['netns']}, source end {h['src_address']} "
-            f"on {h['src_link']}, link {shaped}, {state}"
+            f"on {h['src_link']} (netns {h['src_netns'] or 'of this host'}), link {shaped}, {state}"
         )
     return (
         f"host {h['name']}: --to {h['dest']}, address {h['address']} (source end {h['src_address']} "

@@ -15,8 +15,6 @@ import sys
 import time
 from typing import Any
 
-from ctconsole.errors import CtError
-
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -42,9 +40,6 @@ def register(sub: Any) -> None:
     p.add_argument("--storage", choices=["auto", "shared", "copy"], default="auto",
                    help="the container's root and carry = true mount sources: auto copies (rsync over the same "
                    "SSH connection) what the destination does not already have; shared never copies; copy always")
-    p.add_argument("--source-netns", default="", metavar="NAME",
-                   help="run the dumping CRIU in this network namespace so it reaches the destination's "
-                   "page server (default: ours; lab hosts are reached from ctlab-src automatically)")
     p.add_argument("--timeout", type=float, default=120.0, help="bound for each CRIU step (s)")
     p.add_argument("--precopy-max-rounds", "--max-rounds", dest="max_rounds", type=_positive_int, default=5,
                    metavar="N", help="pre-copy: at most N PRE_DUMP rounds before the final dump (default 5)")
@@ -60,9 +55,6 @@ def register(sub: Any) -> None:
     a = sub.add_parser("agent", help="destination-side agent (started by migrate over ssh/netns)",
                        description="Speak the ctconsole agent protocol on stdin/stdout.")
     a.add_argument("--stdio", action="store_true", required=True, help="use stdin/stdout (the only mode)")
-    a.add_argument("--listen-net", action="append", default=[], metavar="CIDR",
-                   help="a network a CRIU page server may listen in besides loopback (repeatable; default: "
-                        "$CTCONSOLE_AGENT_LISTEN_NETS, else 198.18.0.0/15; 'none' = loopback only)")
     a.set_defaults(func=run_agent)
 
     h = sub.add_parser("history", help="past migrations from the journal",
@@ -167,15 +159,17 @@ class _Printer:
 def run_migrate(args: argparse.Namespace) -> int:
     import signal
 
+    from ctconsole.agent.channel import parse_destination
     from ctconsole.migrate.engine import Migration, MigrationRequest
     from ctconsole.migrate.precopy import PrecopyPolicy
     from ctconsole.migrate.recovery import recover
 
+    parse_destination(args.to)  # a bad DEST is a usage error, before anything is checked or frozen
     printer = _Printer(args.json)
     recover(say=lambda line: printer(_log(line)))
     req = MigrationRequest(
         ref=args.ref, dest=args.to, strategy=args.strategy, rules=args.rules, probe=args.probe,
-        timeout=args.timeout, page_server=args.page_server, source_netns=source_netns_for(args.to, args.source_netns),
+        timeout=args.timeout, page_server=args.page_server,
         shared_images=args.shared_images, storage=args.storage,
         policy=PrecopyPolicy(max_rounds=args.max_rounds, min_pages=args.min_pages, max_growth=args.max_growth),
     )
@@ -195,23 +189,6 @@ def run_migrate(args: argparse.Namespace) -> int:
     return 0 if done.result == "migrated" else 1
 
 
-def source_netns_for(dest: str, given: str = "") -> str:
-    """The network namespace the dump reaches ``dest`` from: ``given`` (``--source-netns``), else a lab
-    host's own source namespace (``ctconsole lab host add``), else "" (ours).
-
-    Why here and not in the engine: the lab is a layer above the engine; the
-    caller, which knows about the lab, tells the engine through the request.
-    """
-    if given or not dest.startswith("netns:"):
-        return given
-    from ctconsole.lab import hosts
-
-    try:
-        return next((h.src_netns for h in hosts.list_hosts() if h.netns == dest[6:]), "")
-    except CtError:  # an unreadable lab state: DEST is then not a lab host we know
-        return ""
-
-
 def _log(text: str) -> object:
     from ctconsole.migrate.events import LogLine
 
@@ -221,7 +198,7 @@ def _log(text: str) -> object:
 def run_agent(args: argparse.Namespace) -> int:
     from ctconsole.migrate.destination import run_stdio
 
-    return run_stdio(args.listen_net)
+    return run_stdio()
 
 
 def run_keepers(args: argparse.Namespace) -> int:

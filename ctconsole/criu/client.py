@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import os
+import resource
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -393,7 +394,10 @@ class CriuClient:
 
         ``ps_fd``: an already-connected stream socket to the destination's page
         server (see :meth:`page_server_child`); the pages go down it while the
-        dump runs, and nothing listens anywhere (CRIU's ``--ps-socket``).
+        dump runs, and nothing listens anywhere (CRIU's ``--ps-socket``). With
+        ``opts['lazy_pages']`` (post-copy) the dump's lazy page server serves
+        the destination's ``criu lazy-pages`` on that socket instead
+        (:func:`lazy_ps_config`: over RPC only a config file can say so).
         """
         if not opts.get("pid"):
             raise UsageError("a DUMP needs opts['pid'] (self-dump is not supported)")
@@ -401,13 +405,21 @@ class CriuClient:
         t0 = time.monotonic()
         notes: list[str] = []
         fds: list[int] = []
+        stack = contextlib.ExitStack()
         try:
             req, log_path = self._prepare(rpc_pb2.DUMP, opts, images, work, "dump.log")
-            _set_ps_fd(req, ps_fd)
+            if opts.get("lazy_pages") and ps_fd is not None:
+                # not in the images dir: everything there is sent to the destination
+                cfg_dir = stack.enter_context(_maybe_tmpdir(work.path if work else None))
+                req.opts.ClearField("ps")
+                req.opts.config_file = str(lazy_ps_config(cfg_dir, ps_fd))
+            else:
+                _set_ps_fd(req, ps_fd)
             with self.connect(_fds(ps_fd)) as conn:
                 resp = self._exchange(conn, req, on_notify, log_path, fds, notes, timeout)
             self._check(resp, "DUMP", log_path)
         finally:
+            stack.close()
             images.close()
             if work:
                 work.close()
@@ -489,7 +501,7 @@ class CriuClient:
 
     @contextlib.contextmanager
     def page_server_child(self, images_dir: Path, address: str = "127.0.0.1", port: int = 0,
-                          ps_fd: int | None = None,
+                          ps_fd: int | None = None, max_file_bytes: int = 0,
                           ) -> Iterator[tuple[PageServerInfo, Callable[[float | None], int]]]:
         """PAGE_SERVER_CHLD with keep_open: yields (info, wait) where wait() is WAIT_PID on it.
 
@@ -498,10 +510,17 @@ class CriuClient:
         fd is inherited by the ``criu swrk`` child, which is the only RPC
         mode CRIU accepts it in). ``info.port`` is then 0. Our copy of the fd
         can be closed once this returns: the page server holds its own.
+
+        ``max_file_bytes``: ``RLIMIT_FSIZE`` of the ``criu swrk`` (and so of the
+        page server it forks): no file it writes grows past it, the write
+        that would is refused and the page server ends (SIGXFSZ, no core).
+        The destination's image quota uses it as a hard stop per file.
         """
         images = _DirFd(images_dir)
         conn = self.connect(_fds(ps_fd))
         try:
+            if max_file_bytes > 0 and conn.proc is not None:  # (a service's workers are not ours to limit)
+                _limit_files(conn.proc.pid, max_file_bytes)
             req, log_path = self._prepare(rpc_pb2.PAGE_SERVER_CHLD, None, images, None, "page-server.log")
             req.opts.ClearField("notify_scripts")
             if ps_fd is None:
@@ -568,6 +587,12 @@ class IterativeDump:
         return DumpResult(log_path, _stats(log_path.parent / "stats-dump"), time.monotonic() - t0, notes)
 
 
+def _limit_files(pid: int, max_bytes: int) -> None:
+    """RLIMIT_FSIZE (and no core files) for ``pid``, before it forks the process that writes."""
+    resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+
 def _fds(fd: int | None) -> tuple[int, ...]:
     return () if fd is None else (fd,)
 
@@ -590,6 +615,29 @@ def _set_ps_fd(req: rpc_pb2.criu_req, fd: int | None) -> None:
     req.opts.ps.ClearField("address")
     req.opts.ps.ClearField("port")
     req.opts.ps.fd = fd
+
+
+def lazy_ps_config(directory: Path, ps_fd: int) -> Path:
+    """A CRIU config file saying ``ps-socket FD``: the lazy (post-copy) dump serves pages on that socket.
+
+    Why a config file: over RPC, CRIU ignores ``ps`` (address, port and fd)
+    when ``lazy_pages`` is set (``cr-service.c`` reads it only ``if
+    (!opts.lazy_pages)``), so without this the lazy page server would listen
+    on TCP, on every address, for anyone. ``config_file`` is parsed after the
+    request's options and may set ``ps-socket``; ``cr_page_server`` then
+    reuses that socket ("Reusing ps socket") and never calls
+    ``setup_tcp_server``. Written 0600 into the dump's own private directory;
+    the fd number is the same in the ``criu swrk`` child (``pass_fds``).
+    """
+    if ps_fd <= 2:
+        raise UsageError(f"page-server socket fd {ps_fd} would clash with CRIU's stdio")
+    path = directory / "lazy-ps.conf"
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"ps-socket {ps_fd}\n")
+    return path
 
 
 def _stats(path: Path) -> Any:

@@ -414,7 +414,7 @@ TABLE: tuple[_Entry, ...] = (
         "Processes share memory/fs state without being threads (CLONE_VM/CLONE_FS): not checkpointable.",
     ),
     _e(
-        r"Dump files \(pid: \d+\) failed|Unable to open fd=\d+ id=|killed by signal 9|Can't wait or bad status",
+        r"Dump (files|core) \(pid: \d+\) failed|Unable to open fd=\d+ id=|killed by signal 9|Can't wait or bad status",
         "summary",
         "A consequence of the error above.",
     ),

@@ -9,6 +9,10 @@ source once it has started, so it is gated on this test instead.
 The test migrates a throwaway Python process (4 MiB of patterned memory) with
 ``criu dump --lazy-pages``, ``criu lazy-pages`` and ``criu restore
 --lazy-pages`` (the lazy daemon has no RPC; the CLI is the only interface).
+The dump and the daemon talk over a socketpair (``--ps-socket`` on both
+ends), exactly as a post-copy migration does over its page channel
+(migrate/transport.py): nothing listens, so no other local user can read the
+throwaway's memory or steal the connection.
 The restore runs as PID 1 of a fresh pid namespace so the restored pid does
 not clash with the frozen original. Every process started here is bounded by
 a timeout and SIGKILLed by pid. The verdict is cached per CRIU version and
@@ -87,12 +91,6 @@ def _store(criu: str, ok: bool, reason: str) -> None:
     os.replace(tmp, p)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _errors(*logs: Path) -> list[str]:
     out = []
     for log in logs:
@@ -114,6 +112,12 @@ def _kill(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=5)
 
 
+def lazy_dump_argv(criu: str, pid: int, images: Path, ps_fd: int) -> list[str]:
+    """``criu dump --lazy-pages`` serving its pages on the connected socket ``ps_fd`` (never on TCP)."""
+    return [criu, "dump", "-t", str(pid), "-D", str(images), "-o", "dump.log", "-v4", "--lazy-pages",
+            "--ps-socket", str(ps_fd)]
+
+
 def run_selftest(criu: str | None = None, timeout: float = 20.0) -> tuple[bool, str]:
     """Run the lazy migration now (root only); returns (works, reason). Not cached."""
     criu = criu or criu_binary()
@@ -124,10 +128,12 @@ def run_selftest(criu: str | None = None, timeout: float = 20.0) -> tuple[bool, 
         d.mkdir(mode=0o700)
     (work / "t.py").write_text(THROWAWAY)
     procs: list[subprocess.Popen[bytes]] = []
+    # the page channel: the lazy dump serves on one end, the lazy-pages daemon asks on the other
+    src_end, dst_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
-    def start(argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(argv: list[str], fd: int = -1) -> subprocess.Popen[bytes]:
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True, close_fds=True)
+                             start_new_session=True, close_fds=True, pass_fds=(fd,) if fd >= 0 else ())
         procs.append(p)
         return p
 
@@ -138,11 +144,10 @@ def run_selftest(criu: str | None = None, timeout: float = 20.0) -> tuple[bool, 
             if time.monotonic() > end or victim.poll() is not None:
                 return False, "the throwaway process did not start"
             time.sleep(0.02)
-        port = _free_port()
-        start([criu, "dump", "-t", str(victim.pid), "-D", str(src), "-o", "dump.log", "-v4",
-               "--lazy-pages", "--address", "127.0.0.1", "--port", str(port)])
+        start(lazy_dump_argv(criu, victim.pid, src, src_end.fileno()), src_end.fileno())
+        src_end.close()
         dump_log = src / "dump.log"
-        while "page server" not in (dump_log.read_text(errors="replace") if dump_log.exists() else "").lower():
+        while "reusing ps socket" not in (dump_log.read_text(errors="replace") if dump_log.exists() else "").lower():
             if time.monotonic() > end:
                 return False, "lazy dump did not reach its page server: " + "; ".join(_errors(dump_log)[:3])
             if procs[-1].poll() is not None:
@@ -151,8 +156,9 @@ def run_selftest(criu: str | None = None, timeout: float = 20.0) -> tuple[bool, 
         for f in src.iterdir():
             if f.is_file() and f.suffix == ".img":
                 shutil.copy2(f, dst / f.name)
-        start([criu, "lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", str(port),
-               "-D", str(dst), "-o", "lazy-pages.log", "-v4"])
+        start([criu, "lazy-pages", "--page-server", "--ps-socket", str(dst_end.fileno()),
+               "-D", str(dst), "-o", "lazy-pages.log", "-v4"], dst_end.fileno())
+        dst_end.close()
         time.sleep(0.2)
         (flag / "go").touch()
         rst = start(["unshare", "--pid", "--fork", "--mount-proc", criu, "restore", "-D", str(dst),
@@ -168,6 +174,8 @@ def run_selftest(criu: str | None = None, timeout: float = 20.0) -> tuple[bool, 
             return False, f"lazy migration hung (killed after {timeout:.0f} s); " + "; ".join(errs[:3])
         return False, "lazy migration failed: " + ("; ".join(errs[:3]) or f"result {result!r}")
     finally:
+        src_end.close()
+        dst_end.close()
         for p in reversed(procs):
             _kill(p)
         shutil.rmtree(work, ignore_errors=True)

@@ -251,7 +251,7 @@ def check(
             close()
 
 
-def _policy_asks(compiled: Any) -> tuple[list[Any], list[Any]]:
+def policy_asks(compiled: Any) -> tuple[list[Any], list[Any]]:
     """The inherited fds (with perm) and setup-namespaces actions the destination's policy must allow."""
     from ctconsole.proto import agent_pb2
 
@@ -263,7 +263,7 @@ def _policy_asks(compiled: Any) -> tuple[list[Any], list[Any]]:
     return inherit, setup_ns
 
 
-def _policy_findings(refusals: list[tuple[str, str]], dest: str) -> list[Finding]:
+def policy_findings(refusals: list[tuple[str, str]], dest: str) -> list[Finding]:
     """One blocker per refusal, naming the policy key that refused (docs/security.md)."""
     return [Finding("dest-policy", BLOCKER, f"destination:{dest}", message,
                     f"change the rules, or the destination's /etc/ctconsole/agent.toml ({key}); "
@@ -298,7 +298,13 @@ def _check(
     use_rpc: bool,
     same_host: bool,
 ) -> Report:
-    from ctconsole.feasibility.host import dest_subject, destination_needs, kernel_tuple, resource_checks
+    from ctconsole.feasibility.host import (
+        dest_subject,
+        destination_needs,
+        inherit_kind_checks,
+        kernel_tuple,
+        resource_checks,
+    )
 
     t0 = time.monotonic()
     unreachable: Finding | None = None
@@ -330,6 +336,10 @@ def _check(
     kern = kernel_tuple(criu.kernel or os.uname().release)
     ctx = Context(container, criu_version=ver, kernel=kern, facts=facts, dest_local=same_host)
     findings.extend(run_all(ctx))
+    if dest and not same_host:  # needs only the destination's kind: also in migrate's own check (hosts=False)
+        from ctconsole.feasibility.conflicts import shared_locks
+
+        findings.extend(shared_locks(container, str(dest), f"destination:{dest}"))
 
     # ctconsole's own options: everything the static findings contribute
     dump: dict[str, Any] = {"pid": container.init_pid}
@@ -355,6 +365,8 @@ def _check(
             needs = destination_needs(_part(compiled, "restore"), _inherit_specs(compiled))
             try:
                 findings.extend(resource_checks(needs, dst, dest_subject(dst, same_host)))
+                findings.extend(inherit_kind_checks(container, _inherit_specs(compiled), dst,
+                                                    dest_subject(dst, same_host)))
             except CtError as exc:
                 if same_host:
                     raise
@@ -369,7 +381,7 @@ def _check(
         policy_refusals = getattr(dst, "policy_refusals", None)
         if callable(policy_refusals) and unreachable is None:
             try:  # the destination's own policy on this restore (agent/policy.py): refused before the freeze
-                findings.extend(_policy_findings(policy_refusals(restore, *_policy_asks(compiled)), str(dest)))
+                findings.extend(policy_findings(policy_refusals(restore, *policy_asks(compiled)), str(dest)))
             except CtError as exc:
                 unreachable = _unreachable(str(dest), exc)
     if unreachable is not None:

@@ -66,12 +66,32 @@ def _pid_of_holder(holder: str) -> int:
 @rule("session", AUTO, "Root not a session leader / session inherited from outside", "shell_job")
 def session_leader(ctx: Context) -> Iterator[Finding]:
     """CRIU restores sessions from inside the tree; a session whose leader is outside
-    (root started from a shell without setsid) needs shell_job on dump and restore."""
+    (root started from a shell without setsid) needs shell_job on dump and restore.
+
+    Except across a pid namespace: a task of the container's own pid namespace whose session
+    leader is outside it has session id 0 *in that namespace*, and CRIU refuses it whatever the
+    options ("A session leader of PID(VPID) is outside of its pid namespace", cr-dump.c
+    dump_task_threads/dump_one_task; also for zombies). ``unshare --pid --fork CMD`` from a shell
+    makes exactly that container: shell_job does not help, only a setsid inside does.
+    """
     root = ctx.root
     if root is None:
         return
     pids = ctx.pids
     outside = sorted({p.pid for p in ctx.container.processes if p.sid and p.sid not in pids})
+    if outside and ctx.container.has_own("pid"):
+        yield Finding(
+            "session",
+            BLOCKER,
+            f"process {outside[0]}",
+            f"The container has its own pid namespace but its process(es) {outside[:5]} belong to a session "
+            "whose leader is outside it (the container was started without setsid): in the namespace their "
+            "session id is 0 and CRIU refuses to dump them ('A session leader of ... is outside of its pid "
+            "namespace'); shell_job does not help across a pid namespace.",
+            "Start the container's init in a session of its own (e.g. `unshare --pid --fork setsid CMD`, "
+            "or setsid in its init script).",
+        )
+        return
     if root.sid != root.pid or outside:
         who = f"process {root.pid}" if root.sid != root.pid else f"processes {outside[:5]}"
         yield Finding(

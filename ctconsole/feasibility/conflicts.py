@@ -79,6 +79,39 @@ def same_kernel(dest: str, dst: Any) -> bool:
     return bool(host) and host == os.uname().nodename
 
 
+def shared_locks(container: Container, dest: str, subject: str) -> list[Finding]:
+    """A lock the container holds on a file the destination sees as the very same inode.
+
+    CRIU takes every dumped lock again on restore and *waits* for it (file-lock.c: ``F_SETLKW`` for
+    POSIX locks, a blocking ``flock`` for BSD ones; ``F_OFD_SETLK`` fails at once for OFD locks).
+    ctconsole's handover keeps the frozen source, and so its locks, until the destination reports
+    the restored tree alive: on a destination that shares this kernel and filesystem (a ``netns:``
+    host) the restore waits on the source, the source on the restore, until the timeout rolls the
+    migration back (seen with sqlite3 holding a write transaction). A destination with its own
+    filesystems (an isolated host, another machine) gets a copy of the file and no such conflict.
+    """
+    if not dest.startswith("netns:"):
+        return []
+    locked = [f for f in container.files if f.locked]
+    if not locked:
+        return []
+    more = f" (and {len(locked) - 1} more)" if len(locked) > 1 else ""
+    return [
+        Finding(
+            "dest-lock-shared",
+            BLOCKER,
+            subject,
+            f"The container holds a lock on {locked[0].path}{more}, and {dest} shares this kernel and filesystem: "
+            "CRIU's restore takes the lock again and waits for it (file-lock.c F_SETLKW / flock) while the "
+            "frozen source keeps holding it until the restore has succeeded, so the restore hangs until the "
+            "timeout and the migration rolls back.",
+            "Release the lock before migrating (end the transaction, stop the writer), or migrate to a host "
+            "with its own filesystems (`ctconsole lab host add NAME --isolated`, another machine).",
+            source="host",
+        )
+    ]
+
+
 def destination_conflicts(
     container: Container, restore: dict[str, Any], dst: Any, dest: str, subject: str
 ) -> list[Finding]:

@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -402,13 +403,17 @@ def host_checks(
                 )
             )
     if container.root_path and not dst.path_exists(container.root_path):
+        # Not a blocker: `migrate` (default --storage auto) carries the root there with rsync while the
+        # container is frozen (migrate/storage.py); `check` adds whether it fits (dest-storage). Seen
+        # with a plain unshare container to an isolated host: check said INFEASIBLE, migrate worked.
         findings.append(
             Finding(
                 "rootfs",
-                BLOCKER,
+                INFO,
                 where_dst,
-                f"The container's root filesystem {container.root_path} does not exist on the destination.",
-                "Copy or share the root filesystem to the same path on the destination.",
+                f"The container's root filesystem {container.root_path} does not exist on the destination: "
+                "ctconsole migrate copies it there (--storage auto or copy).",
+                "Nothing to do, unless you migrate with --storage shared: then share the root at the same path.",
                 source="host",
             )
         )
@@ -524,3 +529,72 @@ def resource_checks(needs: list[DestNeed], dst: HostProbe, subject: str) -> list
                 )
             )
     return findings
+
+
+_FILE_KEY = re.compile(r"^file\[(?P<mnt>[0-9a-fA-F]+):(?P<ino>[0-9a-fA-F]+)\]$")
+_MODE_KINDS = ((stat.S_ISDIR, "dir"), (stat.S_ISREG, "file"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "char"),
+               (stat.S_ISBLK, "block"), (stat.S_ISFIFO, "fifo"))
+
+
+def _source_kind(container: Container, key: str) -> str:
+    """The file type (hostprobe's words) of the fd a ``file[MNT:INO]`` inherit replaces, read live from
+    the container's fds (a device node such as the host's /dev/null is not among ``container.files``)."""
+    m = _FILE_KEY.match(key)
+    if not m:
+        return ""
+    mnt, ino = int(m.group("mnt"), 16), int(m.group("ino"), 16)
+    for proc in container.processes:
+        try:
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{proc.pid}/fd/{fd}")
+                if st.st_ino != ino:
+                    continue
+                info = Path(f"/proc/{proc.pid}/fdinfo/{fd}").read_text()
+            except OSError:
+                continue
+            if f"\nmnt_id:\t{mnt}\n" in f"\n{info}":
+                return next((name for test, name in _MODE_KINDS if test(st.st_mode)), "")
+    return ""
+
+
+def inherit_kind_checks(container: Container, inherit: list[tuple[str, str, str, str]], dst: HostProbe,
+                        subject: str) -> list[Finding]:
+    """A ``file`` rule whose destination is not the same kind of file as the fd it replaces.
+
+    CRIU compares the whole st_mode of an inherited file with the dumped one, type bits included
+    (files-reg.c: ``File fd/0 has bad mode 0100644 (expect 020666)``): a stdin on the host's
+    /dev/null handed over as a regular file fails the restore after the freeze. ``resource_checks``
+    has already looked the paths up (one round trip), so this costs nothing more.
+    """
+    path_kind = getattr(dst, "path_kind", None)
+    if not callable(path_kind):
+        return []
+    out: list[Finding] = []
+    for key, how, path, mode in inherit:
+        if how != "open-file" or not path.startswith("/"):
+            continue
+        src = _source_kind(container, key)
+        got = path_kind(path) if src else ""
+        if not got and mode != "read":
+            got = "file"  # the agent creates a missing destination as a regular file
+        if not src or not got:  # unknown, or missing and only read: resource_checks says so
+            continue
+        if got != src:
+            out.append(
+                Finding(
+                    "dest-file-kind",
+                    NEEDS_RULE,
+                    subject,
+                    f"The file rule hands {path} ({got} on the destination) in place of {key}, which is a {src}: "
+                    "CRIU checks the file's type and mode on restore ('File fd/N has bad mode') and would fail "
+                    "after the container was frozen.",
+                    f"Give a destination that is a {src} too (for a device node: /dev/null, /dev/zero or /dev/full),"
+                    " or have the container open its own file.",
+                    source="host",
+                )
+            )
+    return out

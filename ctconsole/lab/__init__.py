@@ -12,6 +12,7 @@ Public API (what tests and other modules use)::
     h = lab.host_add("iso1", isolated=True, rate="1gbit")  # h.dest == "ssh://root@198.18.N.2"
     lab.host_run("iso1", ["ls", "/var/lib"])    # CompletedProcess, run inside the host
     lab.host_path("iso1", "/var/lib/x")        # "/proc/SSHD/root/var/lib/x": read it from here
+    lab.host_real_pid("iso1", 42)              # this machine's pid of the host's pid 42 (own pid ns)
     lab.host_shape("iso1", "100mbit", "")
     lab.host_del("dst1"); lab.down()
 
@@ -28,6 +29,7 @@ from ctconsole.lab.hosts import delete as host_del
 from ctconsole.lab.hosts import get as host_get
 from ctconsole.lab.hosts import list_hosts as host_list
 from ctconsole.lab.hosts import path_in as host_path
+from ctconsole.lab.hosts import real_pid as host_real_pid
 from ctconsole.lab.hosts import run_in as host_run
 from ctconsole.lab.hosts import shape as host_shape
 from ctconsole.lab.proc import LabError, ProcRef
@@ -49,6 +51,7 @@ __all__ = [
     "host_get",
     "host_list",
     "host_path",
+    "host_real_pid",
     "host_run",
     "host_shape",
     "lab_dir",

@@ -124,6 +124,9 @@ def _add_isolated(st: LabState, name: str, h: LabHost | None, rate: str, delay: 
     ns_name = NETNS_PREFIX + name
     if h is None and netns.netns_exists(ns_name):
         raise LabError(f"network namespace {ns_name} exists but was not made by the lab; not touching it")
+    if h is None and netns.netns_exists(isolated.SRC_PREFIX + name):
+        raise LabError(f"network namespace {isolated.SRC_PREFIX}{name} exists but was not made by the lab; "
+                       "not touching it")
     if h is None and netns.link_exists(f"cti-{name}"):
         raise LabError(f"link cti-{name} exists but was not made by the lab; not touching it")
     if h is not None:  # recorded but broken (e.g. its sshd was killed): rebuild from scratch
@@ -227,6 +230,26 @@ def path_in(name: str, path: str) -> str:
 
     h = get(name)
     return isolated.path_inside(h, path) if h.kind == "isolated" else path
+
+
+def answers(h: LabHost) -> bool:
+    """Is the lab host up: its netns exists; an isolated host's sshd also accepts connections.
+
+    For an isolated host the check connects from the source's edge namespace
+    (:mod:`ctconsole.lab.edge`): its address is not reachable from this
+    namespace except through ssh's ProxyCommand, so a plain TCP probe from here fails.
+    """
+    from ctconsole.lab import isolated
+
+    return isolated.healthy(h) if h.kind == "isolated" else netns.netns_exists(h.netns)
+
+
+def real_pid(name: str, pid: int) -> int:
+    """This host's pid for ``pid`` as lab host ``name`` sees it (0 if none; identity for netns hosts)."""
+    from ctconsole.lab import isolated
+
+    h = get(name)
+    return isolated.real_pid(h, pid) if h.kind == "isolated" else pid
 
 
 def argv_in(name: str) -> list[str]:

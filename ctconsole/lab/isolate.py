@@ -1,20 +1,26 @@
 """Inside a new mount namespace: make an isolated lab host's filesystem view, then become its sshd.
 
-Run as ``nsenter --net=NETNS unshare --mount --propagation private python -m
-ctconsole.lab.isolate DISK SSHD_DIR`` (see :mod:`ctconsole.lab.isolated`). In
-this order, because each step needs what the previous one still shows:
+Run as ``nsenter --net=NETNS unshare --mount --pid --fork --propagation private
+python -m ctconsole.lab.isolate DISK SSHD_DIR`` (see :mod:`ctconsole.lab.isolated`),
+so this process is pid 1 of the host's own pid namespace and sshd, exec'ed last,
+stays its init (it reaps what is orphaned there; killing it ends everything
+inside). In this order, because each step needs what the previous one still shows:
 
 1. unmount (lazily) everything below the directories that become private and
    every ``nsfs`` mount: copies of other namespaces' bind mounts would keep
-   those namespaces alive as long as this host lives;
+   those namespaces alive as long as this host lives; a procfs of the new pid
+   namespace on /proc (CRIU, ps and ``/proc/self`` must see the host's pids);
 2. a tmpfs on /run, the host's ext4 disk image loop-mounted below it, and the
    sshd config and keys copied in - all before anything is read-only: the
    image is opened through a bind mount below /run, never through "/" (a loop
    device is a writer on the mount it was opened through, and "/" could then
    not be made read-only: EBUSY);
-3. remount every real filesystem read-only (per mount, so the real host is not
-   affected); /proc, /sys, /dev and the cgroup mounts stay as they are, since
-   CRIU restores through them;
+3. a sysfs of its own on /sys (mounted from inside its network namespace, so
+   ``/sys/class/net`` lists the host's own links, as on a real machine: the
+   destination's "does this veth name exist" check reads it), with the real
+   host's mounts below /sys (the cgroup hierarchies, which CRIU restores
+   through) bound in again; then remount every real filesystem read-only (per
+   mount, so the real host is not affected); /dev stays as it is;
 4. bind the image's subdirectories on /var/lib, /tmp, /var/tmp and /srv (so
    nothing there shares a filesystem with the real host: no hard link across),
    a tmpfs on /dev/shm, then ``exec sshd -D``: the sshd process holds the
@@ -47,6 +53,7 @@ KEEP_UNDER = ("/proc", "/sys", "/dev")
 # private dir -> subdirectory of the disk image (/run is a tmpfs of its own)
 DISK_DIRS = {"/var/lib": "var-lib", "/tmp": "tmp", "/var/tmp": "var-tmp", "/srv": "srv"}
 STAGE = "/run/.ctlab-disk"
+SYS_STAGE = "/run/.ctlab-sys"
 IMG_DIR = "/run/.ctlab-img"
 SSHD_RUN = "/run/ctlab-sshd"
 MS_RDONLY, MS_REMOUNT, MS_BIND = 0x1, 0x20, 0x1000
@@ -83,6 +90,12 @@ def detach_private_and_nsfs() -> None:
         subprocess.run(["umount", "-l", mp], capture_output=True, check=False)
 
 
+def own_proc() -> None:
+    """A procfs of this pid namespace on /proc, when this process is the init of a new one."""
+    if os.getpid() == 1:
+        sh("mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", "/proc")
+
+
 def remount_read_only() -> None:
     """Every real filesystem read-only, except our new /run (the disk is staged below it)."""
     for mp, fs in mounts():
@@ -105,6 +118,26 @@ def stage_private(disk: str, sshd_dir: str) -> None:
     os.makedirs(IMG_DIR, mode=0o700, exist_ok=True)
     sh("mount", "--bind", os.path.dirname(disk), IMG_DIR)
     sh("mount", "-o", "loop", os.path.join(IMG_DIR, os.path.basename(disk)), STAGE)
+
+
+def own_sysfs() -> None:
+    """A sysfs of this network namespace on /sys, keeping what is mounted below the old one.
+
+    Without it ``/sys/class/net`` shows the real host's links (sysfs shows the
+    netns of whoever mounted it): a restore's veth name would seem taken by
+    the source's own veth. Each mount directly below /sys (cgroups, debugfs...)
+    is bound recursively into the new one before it covers the old.
+    """
+    os.makedirs(SYS_STAGE, mode=0o755, exist_ok=True)
+    sh("mount", "-t", "sysfs", "-o", "nosuid,nodev,noexec", "ctlab-sys", SYS_STAGE)
+    below = sorted({mp for mp, _ in mounts() if mp.startswith("/sys/")})
+    tops = [mp for mp in below if not any(mp != o and _under(mp, o) for o in below)]
+    for mp in tops:
+        target = SYS_STAGE + mp[len("/sys"):]
+        if os.path.isdir(target):
+            sh("mount", "--rbind", mp, target)
+    sh("mount", "--move", SYS_STAGE, "/sys")
+    os.rmdir(SYS_STAGE)
 
 
 def private_filesystems() -> None:
@@ -146,7 +179,9 @@ def main(argv: list[str]) -> None:
     disk, sshd_dir = argv
     held = hold_own_install()
     detach_private_and_nsfs()
+    own_proc()
     stage_private(disk, sshd_dir)
+    own_sysfs()
     remount_read_only()
     private_filesystems()
     rebind_own_install(held)

@@ -13,6 +13,9 @@ import os
 
 from ctconsole.lab.proc import run
 
+#: every address the lab assigns, and only inside namespaces it made: nothing outside the lab
+#: may send to these (this machine's own namespace routes them to its default gateway)
+LAB_NETWORK = "198.18.0.0/15"
 BRIDGE = "ctlab0"
 CONTAINER_NET = "198.18.0"  # containers on the bridge: 198.18.0.N/24
 NETNS_DIR = "/run/netns"

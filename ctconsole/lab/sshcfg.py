@@ -96,10 +96,14 @@ def _strip_block(text: str, include: Path) -> list[str]:
     return out
 
 
-def write_lab_config(include: Path, entries: dict[str, str], identity: Path) -> None:
+def write_lab_config(include: Path, entries: dict[str, str], identity: Path,
+                     proxies: dict[str, str] | None = None) -> None:
     """Write the lab's own ssh config (``Host ADDR`` per isolated host) and hook it into root's config.
 
     ``entries`` maps host name -> address; with none left the block is removed again.
+    ``proxies`` maps host name -> a ``ProxyCommand`` that passes a connected socket
+    back (``ProxyUseFdpass``): how this host reaches one whose link ends in a
+    namespace of the lab's (:mod:`ctconsole.lab.edge`).
     """
     if entries:
         body = ["# ctconsole lab isolated hosts (generated; `ctconsole lab host del NAME` removes them)"]
@@ -112,6 +116,8 @@ def write_lab_config(include: Path, entries: dict[str, str], identity: Path) -> 
                 "    IdentitiesOnly yes",
                 "    BatchMode yes",
             ]
+            if proxy := (proxies or {}).get(name):
+                body += [f"    ProxyCommand {proxy}", "    ProxyUseFdpass yes"]
         include.parent.mkdir(parents=True, exist_ok=True)
         include.write_text("\n".join(body) + "\n")
         os.chmod(include, 0o600)

@@ -107,6 +107,7 @@ class LabHost:
     sshd: ProcRef | None = None  # the host's sshd: it holds the mount namespace
     mnt_ns: int = 0  # inode of the host's mount namespace
     net_ns: int = 0  # inode of the host's network namespace
+    pid_ns: int = 0  # inode of the host's pid namespace (0: pids shared with this host, older records)
     private_devs: list[int] = field(default_factory=list)  # st_dev of its private filesystems
     host_dir: str = ""  # lab-side files of this host (disk image, sshd keys, log)
 

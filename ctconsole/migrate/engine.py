@@ -38,16 +38,14 @@ Progress goes out as plain events (events.py) through one callback.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
-import re
 import secrets
 import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,11 +59,11 @@ from ctconsole.criu.images import ImageError, parse_stats
 from ctconsole.criu.selftest import lazy_pages_works
 from ctconsole.errors import CtError, UsageError
 from ctconsole.inventory import resolve
-from ctconsole.migrate import adopt, storage, transport
+from ctconsole.migrate import adopt, cgroups, storage, transport
 from ctconsole.migrate import events as ev
 from ctconsole.migrate.destination import bridges_needed
 from ctconsole.migrate.journal import Journal, MigrationLock, new_id
-from ctconsole.migrate.netns import clear_criu_netlock, free_port, in_netns, local_ipv4, wait_listen
+from ctconsole.migrate.netns import clear_criu_netlock
 from ctconsole.migrate.options import MigrationOptions, Refusal, migration_options
 from ctconsole.migrate.precopy import (
     PRECOPY_DIR,
@@ -97,10 +95,6 @@ class MigrationRequest:
     policy: PrecopyPolicy = field(default_factory=PrecopyPolicy)
     timeout: float = 120.0
     preflight: bool = True
-    #: network namespace the destination is reached from ("" = ours): the dumping CRIU runs there
-    #: when it must connect to the destination (page server, post-copy). The caller fills it: the
-    #: CLI from ``--source-netns`` or, for a lab host, from the lab (the engine never asks the lab)
-    source_netns: str = ""
     #: stream pages to the destination's CRIU page server during the dump (handover mode);
     #: False dumps locally and sends every image over the agent channel inside post-dump
     page_server: bool = True
@@ -130,8 +124,6 @@ class Plan:
     addresses: list[str] = field(default_factory=list)  # the destination's global addresses (post-copy)
     probe: list[str] = field(default_factory=list)
     use_ps: bool = False  # pages stream to the destination's page server
-    ps_addr: str = ""
-    src_ns: str = ""  # the network namespace the dump runs in ("" = ours)
 
     @property
     def precopy(self) -> bool:
@@ -189,13 +181,13 @@ class Migration:
         self.env = RestoreEnv()  # inherited fds and setup-namespaces actions (VF moves) for the restore
         self.rounds = 0  # pre-copy rounds done
         self.cause: list[str] = []  # why the handover refused post-dump (the real reason for a rollback)
-        self.lazy: tuple[str, int, str, int] = ("", 0, "", 0)
         self.helper: threading.Thread | None = None
         self.shared = False  # the agent links our images (same filesystem) instead of receiving them
         self.marks: list[tuple[str, float]] = []  # (what, monotonic time): the frozen window's timeline
         self.page_link: transport.PageLink | None = None  # our end of the page channel (the dump's ps.fd)
         self.carry_paths: list[str] = []  # bind-mount sources marked carry = true
         self.carry: storage.Plan | None = None  # what follows the container, and where the destination put it
+        self.own_cgroup = ""  # the cgroup root this migration restores under (same kernel), see _own_cgroup_root
 
     # -- plumbing -------------------------------------------------------------------
     def emit(self, e: ev.Event) -> None:
@@ -245,6 +237,7 @@ class Migration:
         done: ev.Done | None = None
         try:
             self.phase("begin", f"{self.req.ref} -> {self.req.dest}")
+            self._start_agent()
             self.container = c = resolve(self.req.ref)
             lock = MigrationLock(c.id).acquire()
             self.source_pid, self.source_start = c.init_pid, process.start_time(c.init_pid)
@@ -290,6 +283,30 @@ class Migration:
         self._finish(plan, result)
         return self._confirm(c, plan)
 
+    def _start_agent(self) -> None:
+        """Start the destination's agent first; the hello follows in :meth:`_begin`.
+
+        Why first: over ssh, the connection and the agent's start-up take about
+        0.3-0.5 s, all of it waiting; resolving the container, compiling the
+        options and asking our CRIU for its features and ``cpuinfo.img`` (which
+        the hello carries) take 0.1-0.2 s here. Run one after the other they
+        were the biggest fixed cost of a small migration (issue #13). A
+        destination that cannot be started here is left to :func:`connect`,
+        which starts it again and explains the failure.
+        """
+        try:
+            dest = parse_destination(self.req.dest)
+        except CtError:
+            return  # _begin reports it
+        self.work = private_dir(state_dir() / "work" / self.id)
+        ch = AgentChannel(dest, log_dir=self.work)
+        ch.should_abort = self.aborted
+        try:
+            ch.start()
+        except CtError:
+            return
+        self.channel = ch  # run() closes it whatever happens next (bye, or EOF: the agent exits)
+
     def _begin(self, c: Container, client: CriuClient, opts: MigrationOptions) -> Plan:
         """Begin: reach the destination, learn what it can do, choose the strategy and the mode."""
         local = client.feature_check()
@@ -299,7 +316,9 @@ class Migration:
         with contextlib.suppress(CtError, OSError):
             cpuinfo = client.cpuinfo_dump(cpu_dir).read_bytes()
         dest = parse_destination(self.req.dest)
-        self.channel, hello = connect(dest, log_dir=self.work, cpuinfo=cpuinfo, should_abort=self.aborted)
+        early, self.channel = self.channel, None  # started by _start_agent (None: connect starts it)
+        self.channel, hello = connect(dest, log_dir=self.work, cpuinfo=cpuinfo, should_abort=self.aborted,
+                                      started=early)
         self.journal.write("agent", agent_pid=self.channel.pid)
         self.details["destination"] = {"host": hello.hostname, "criu": hello.criu_version, "kernel": hello.kernel}
         if not hello.criu_version:
@@ -311,6 +330,10 @@ class Migration:
         self.mode = "handover" if (not same_kernel or c.has_own("pid")) else "sequential"
         if hello.boot_id == _boot_id():
             self._own_cgroup_root(c, opts.restore)
+        if "cgroup_dump_controller" not in opts.dump:
+            # only the hierarchies where the container has a cgroup of its own: where it sits at "/",
+            # CRIU would dump (freeze time) and recreate on the destination this host's whole tree
+            opts.dump["cgroup_dump_controller"] = dump_controllers(p.pid for p in c.processes)
         if self.strategy == "post-copy" and self.mode != "handover":
             raise Refusal("post-copy cannot restore while the source keeps its pids (same kernel, shared pid "
                           "namespace): the source stays frozen until every page has moved",
@@ -345,12 +368,11 @@ class Migration:
             if not pf.ok:
                 raise Refusal("the destination is not ready", list(pf.problems))
         plan.use_ps = self.mode == "handover" and self.req.page_server and not plan.postcopy
-        plan.ps_addr = "" if dest.kind == "netns" else "127.0.0.1"
         token = self._share_token(plan.restore)
         # pre-copy: one page server per round (and one for the final dump), asked for round by round
         prep = ch.call("prepare", agent_pb2.PrepareRequest(
-            migration_id=self.id, page_server=plan.use_ps and not plan.precopy, page_server_address=plan.ps_addr,
-            shared_token=token), timeout=60)
+            migration_id=self.id, page_server=plan.use_ps and not plan.precopy,
+            shared_token=token, lazy_pages=plan.postcopy), timeout=60)
         if prep.shared_fs:
             # same filesystem: a local dump and hard links beat any transfer (CRIU's page server
             # over TCP was the slowest path here); the agent started no page server
@@ -369,15 +391,13 @@ class Migration:
         if hp.refusals:
             raise Refusal(f"the destination's policy refuses this migration: {hp.refusals[0].message}",
                           [r.message for r in hp.refusals[1:]])
-        # the dumping CRIU enters the caller's source netns only when it must reach the destination
-        # (post-copy's lazy pages; the page channel is a unix socket, reached from any netns)
-        plan.src_ns = self.req.source_netns if plan.postcopy else ""
+        # the page channel is a unix socket (post-copy's lazy pages too): reached from any netns
         if plan.postcopy:
-            self.lazy = self._setup_lazy(dest, plan.src_ns, plan.addresses)
+            # the lazy dump serves pages on our end of the page channel, the destination's lazy-pages
+            # daemon asks on its end: nothing listens for the container's memory (issue #10)
+            self._open_page_link(prep.page_socket, plan)
             plan.dump["lazy_pages"] = True
-            plan.dump["ps"] = {"address": self.lazy[0], "port": self.lazy[1]}
-            self.info(f"post-copy: the source serves pages on {self.lazy[0]}:{self.lazy[1]}; the destination's "
-                      f"lazy-pages daemon pulls them from {self.lazy[2]}:{self.lazy[3]}")
+            self.info("post-copy: the destination's lazy-pages daemon asks for pages over the page channel")
         self.journal.write("options", dump=plan.dump, restore=plan.restore, inherit=self.env.inherit,
                            setup_ns=self.env.setup_ns, images=str(plan.images))
         self._check_abort()
@@ -398,7 +418,7 @@ class Migration:
             self.mark("post-dump")
             self.tree_pids = process.descendants(c.init_pid)
             if postcopy:
-                return self._start_postcopy(images, restore_opts, plan.src_ns)
+                return self._start_postcopy(images, restore_opts)
             if self.mode == "handover":
                 return self._handover(images, restore_opts, probe)
             # sequential: release the source only once the journal knows where the images are
@@ -406,18 +426,15 @@ class Migration:
             self.source_released = True
             return True
 
-        if plan.src_ns:
-            self.info(f"dumping from network namespace {plan.src_ns} (it reaches the destination's page server)")
         # mark the freeze start just before the request: "pre-dump" comes before freezing
         self.t_freeze = time.monotonic()
         result: Any
         try:
-            with in_netns(plan.src_ns):
-                if plan.precopy:
-                    result = self._precopy(client, plan, on_notify)
-                else:
-                    result = client.dump(plan.dump, images, on_notify=on_notify, timeout=self.req.timeout,
-                                         ps_fd=self.page_link.fd if self.page_link else None)
+            if plan.precopy:
+                result = self._precopy(client, plan, on_notify)
+            else:
+                result = client.dump(plan.dump, images, on_notify=on_notify, timeout=self.req.timeout,
+                                     ps_fd=self.page_link.fd if self.page_link else None)
         except CtError as exc:
             self._close_page_link()
             if postcopy:
@@ -495,8 +512,9 @@ class Migration:
                 text += log.read_text(errors="replace")
         out = [ln.strip() for ln in text.splitlines() if any(c in ln for c in self.HIDDEN_CAUSES)][:3]
         if any("connect to server" in ln for ln in out):
-            out.append("  -> the dumping CRIU cannot reach the destination's page server "
-                       "(use --source-netns, or --no-page-server)")
+            out.append("  -> the dumping CRIU lost its page channel to the destination's page server "
+                       "(the SSH connection or the destination's agent went away; --no-page-server "
+                       "sends the pages over the agent channel instead)")
         return out
 
     def _kept_log_path(self, line: str) -> str:
@@ -584,10 +602,11 @@ class Migration:
         owned = _owned_hierarchies(c.init_pid)
         if not owned:
             return
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", c.name or c.id)[:40]
         # one level below the root: CRIU creates missing parents empty, and an empty cgroup-v1
-        # cpuset parent makes the child's cpuset.cpus/mems impossible to restore
-        path = f"/ctconsole-{safe}-{self.id}"
+        # cpuset parent makes the child's cpuset.cpus/mems impossible to restore. The keeper removes
+        # it once the tree ends, a rollback here (migrate/cgroups.py)
+        path = cgroups.root_path(c.name or c.id, self.id)
+        self.own_cgroup = path
         # per hierarchy, never a global root: in a hierarchy where the container sits at "/" (net_prio,
         # named ones nobody manages) CRIU dumps the whole tree below "/", and a new root would copy all
         # of it, our earlier roots included, so every migration doubled it until mkdir hit ENOSPC
@@ -729,7 +748,7 @@ class Migration:
         """
         assert self.channel is not None
         ch = self.channel
-        use_ps, ps_addr, images, dump_opts = plan.use_ps, plan.ps_addr, plan.images, plan.dump
+        use_ps, images, dump_opts = plan.use_ps, plan.images, plan.dump
         written: list[int] = []
 
         def page_server(reply: Any) -> dict[str, Any] | None:
@@ -744,8 +763,7 @@ class Migration:
         k = self.rounds + 1
         rdir = precopy_round_dir(images, k)
         rdir.mkdir(mode=0o700, parents=True)
-        first = ch.call("round", agent_pb2.RoundRequest(round=k, page_server=use_ps,
-                                                        page_server_address=ps_addr), timeout=90)
+        first = ch.call("round", agent_pb2.RoundRequest(round=k, page_server=use_ps), timeout=90)
         ps = page_server(first)  # the swrk of the whole session inherits the page channel
         with client.iterative(timeout=self.req.timeout, ps_fd=self.page_link.fd if self.page_link else None) as it:
             while True:
@@ -754,8 +772,7 @@ class Migration:
                 rdir = precopy_round_dir(images, k)
                 if first is None:
                     rdir.mkdir(mode=0o700, parents=True)
-                    reply = ch.call("round", agent_pb2.RoundRequest(round=k, page_server=use_ps,
-                                                                    page_server_address=ps_addr), timeout=90)
+                    reply = ch.call("round", agent_pb2.RoundRequest(round=k, page_server=use_ps), timeout=90)
                     ps = page_server(reply)
                 first = None
                 opts = precopy_round_opts(dump_opts, k, ps)
@@ -777,8 +794,8 @@ class Migration:
                     self.info(f"pre-copy: final dump after round {k} ({why})")
                     break
             self._check_abort()
-            reply = ch.call("round", agent_pb2.RoundRequest(round=0, parent=self.rounds, page_server=use_ps,
-                                                            page_server_address=ps_addr), timeout=90)
+            reply = ch.call("round", agent_pb2.RoundRequest(round=0, parent=self.rounds, page_server=use_ps),
+                            timeout=90)
             final = precopy_final_opts(dump_opts, self.rounds, page_server(reply))
             self.journal.write("round", round=0, parent=self.rounds, options=final)
             self.phase("perform", f"pre-copy: final dump after {self.rounds} round(s)")
@@ -876,16 +893,14 @@ class Migration:
                         break
         return sent
 
-    def _restore_remote(self, restore_opts: dict[str, Any], probe: list[str],
-                        lazy: tuple[str, int] | None = None) -> None:
+    def _restore_remote(self, restore_opts: dict[str, Any], probe: list[str], lazy: bool = False) -> None:
         assert self.channel is not None
         self.phase("restore", "restoring on the destination")
         reply = self.channel.call("restore", agent_pb2.RestoreRequest(
             options_json=json.dumps(restore_opts), probe_name=probe[0] if probe else "", probe_timeout=30.0,
             timeout=min(self.req.timeout, 60.0) if lazy else self.req.timeout, page_server_wait=60.0,
-            inherit=self.env.inherit_msgs(), lazy=lazy is not None, setup_ns=self.env.setup_ns_msgs(),
-            hold=not probe and lazy is None,
-            lazy_address=lazy[0] if lazy else "", lazy_port=lazy[1] if lazy else 0),
+            inherit=self.env.inherit_msgs(), lazy=lazy, setup_ns=self.env.setup_ns_msgs(),
+            hold=not probe and not lazy),
             timeout=self.req.timeout + 60)
         self.t_restored = time.monotonic()
         self.mark("restored")
@@ -918,26 +933,7 @@ class Migration:
             self._clean_destination()
             return False
 
-    def _setup_lazy(self, dest: Destination, src_ns: str, dest_addrs: list[str]) -> tuple[str, int, str, int]:
-        """(listen address, port) of the source's lazy page server and how the destination reaches it."""
-        port = free_port()
-        if dest.kind == "ssh":
-            assert self.channel is not None
-            rport = self.channel.reverse_forward(port)
-            return "127.0.0.1", port, "127.0.0.1", rport
-        if dest.kind == "local":
-            return "127.0.0.1", port, "127.0.0.1", port
-        local = local_ipv4(src_ns)
-        for addr, net in local:
-            for d in dest_addrs:
-                with contextlib.suppress(ValueError):
-                    if ipaddress.ip_address(d) in net:
-                        return addr, port, addr, port
-        raise Refusal(f"post-copy: no address in {'netns ' + src_ns if src_ns else 'this namespace'} shares a "
-                      f"network with the destination ({', '.join(dest_addrs) or 'no addresses'})",
-                      ["the destination's lazy-pages daemon must reach the source; use --source-netns"])
-
-    def _start_postcopy(self, images: Path, restore_opts: dict[str, Any], src_ns: str) -> bool:
+    def _start_postcopy(self, images: Path, restore_opts: dict[str, Any]) -> bool:
         """post-dump in post-copy: images over, then restore from a helper thread once CRIU serves pages.
 
         CRIU starts its lazy page server only after post-dump is acknowledged,
@@ -954,13 +950,12 @@ class Migration:
             self.cause = [str(exc), *_details(exc)]
             self._clean_destination()
             return False
-        _listen, port, daddr, dport = self.lazy
 
         def helper() -> None:
+            # no wait for a listener: the lazy-pages daemon's requests queue on the connected page
+            # channel until CRIU's lazy page server (after this post-dump) answers them
             try:
-                with in_netns(src_ns):
-                    wait_listen(port, 30.0)
-                self._restore_remote(restore_opts, [], lazy=(daddr, dport))
+                self._restore_remote(restore_opts, [], lazy=True)
             except (CtError, OSError) as exc:
                 self.cause = [f"post-copy restore failed: {exc}", *_details(exc)]
 
@@ -1058,7 +1053,12 @@ class Migration:
             msg = f"rolled back: {exc.message}; the container was restored here"
             self.journal.write("end", result="rolled-back", message=msg)
             return self._done("rolled-back", msg, "restored-locally", errors)
-        self._clean_destination()
+        refused = [c for c in self._clean_destination() if "(destination policy: " in c]
+        if refused:  # e.g. the page server stopped at images.max_bytes: CRIU only saw a broken pipe
+            exc = CtError(refused[0].removeprefix("stopped the page server: "), exc.details)
+            errors = [*refused, *errors]
+        if self.own_cgroup:  # what the destination's CRIU made for a copy that no longer exists
+            cgroups.remove_empty(self.own_cgroup, self.id, wait=2.0)
         alive = process.alive(self.source_pid, self.source_start)
         if alive and clear_criu_netlock(self.source_pid):
             self.info("removed a leftover CRIU network-lock chain in the source's netns", "warning")
@@ -1073,6 +1073,35 @@ class Migration:
         opts: dict[str, Any] = next((r for r in reversed(recs) if r.get("kind") == "options"), {})
         restore_here(self.work / "images", dict(opts.get("restore", {})), self.tree_pids,
                      RestoreEnv.from_journal(opts))
+
+
+#: a controller name no hierarchy has: CRIU dumps every controller when its list is empty
+NO_CONTROLLER = "ctconsole-none"
+
+
+def dump_controllers(pids: Iterable[int]) -> list[str]:
+    """CRIU's ``cgroup_dump_controller`` for a tree: the hierarchies (as /proc/PID/cgroup names them, which
+    is what CRIU compares: ``cpu,cpuacct``, ``name=systemd``, "" for cgroup v2) in which one of ``pids``
+    sits below the root.
+
+    Why: CRIU dumps every cgroup below a task's own in each hierarchy. A tree that sits at "/" in a
+    hierarchy (net_prio or a named one nobody manages for it; a plain process tree in all of them) made
+    CRIU walk, log and dump everything anyone created there while the tree was frozen (a runc migration
+    froze 63 s on ~370,000 leaked cgroups; 0.14 ms per unrelated cgroup), and on restore recreate this
+    host's cgroup tree on the destination. Its processes are restored into the restoring CRIU's
+    cgroups of those hierarchies instead: what a process started there would get.
+    """
+    out: list[str] = []
+    for pid in pids:
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            _hid, ctrls, path = [*line.split(":", 2), "", ""][:3]
+            if path not in ("", "/") and ctrls not in out:
+                out.append(ctrls)
+    return out or [NO_CONTROLLER]
 
 
 def _owned_hierarchies(pid: int) -> list[str]:

@@ -109,6 +109,7 @@ class Summary:
     downtime: float | None = None
     frozen: float | None = None
     errors: list[str] = field(default_factory=list)
+    name: str = ""  # the container's name from ``begin`` (``container`` is its id, e.g. ns-4026532184)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -127,6 +128,7 @@ def summarize(path: Path) -> Summary:
         ended=float(end["ts"]) if end else None,
         result=str(end.get("result")) if end else "unfinished",
         message=str(end.get("message", "")) if end else "",
+        name=str(begin.get("name", "") or ""),
     )
     last_unresolved = next((r for r in reversed(recs) if r.get("kind") == "unresolved"), None)
     if end is None and last_unresolved is not None:

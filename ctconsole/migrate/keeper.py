@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from ctconsole import process
+from ctconsole.migrate import cgroups
 
 #: biggest control message (restore options JSON); SOCK_SEQPACKET keeps message boundaries
 MAX_MSG = 1 << 20
@@ -362,6 +363,9 @@ def _run_parent(ctl_fd: int) -> int:
                 os.unlink(console)
         with contextlib.suppress(OSError):
             rec_path.unlink()
+        # the tree is gone: the empty cgroup root a same-kernel migration made for it goes too
+        for cg in {str(r.get("path", "")) for r in opts.get("cg_root") or [] if isinstance(r, dict)}:
+            cgroups.remove_empty(cg, str(req.get("id", "")), wait=2.0)
     return 0
 
 

@@ -24,8 +24,17 @@ on both sides. So:
 
 The same connected socket serves every pre-copy round (each ends with
 ``PS_IOV_FORCE_CLOSE``; the destination starts the next round's page server on
-the same connection), and the lazy-pages transfer of post-copy when CRIU allows
-it (see :func:`lazy_config`).
+the same connection). Post-copy uses the same channel the other way round
+(:meth:`PagePort.accept_only`): the source's lazy dump serves pages on its end
+(a CRIU config file with ``ps-socket N``, :mod:`ctconsole.criu.client`) and
+the destination's ``criu lazy-pages --page-server --ps-socket N`` asks for them
+on the accepted end, so nothing listens for the container's memory either.
+
+While a page server of ours writes, :class:`Quota` watches the migration's
+images directory: past the destination policy's ``images.max_bytes`` the page
+server is killed (by pid, start time checked) and the connection shut down,
+so the dump fails and the source resumes, with the directory holding about
+the quota (the watch polls every :data:`QUOTA_POLL` seconds).
 """
 
 from __future__ import annotations
@@ -34,7 +43,6 @@ import contextlib
 import hashlib
 import os
 import select
-import shutil
 import signal
 import socket
 import stat
@@ -47,10 +55,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctconsole import process
 from ctconsole.config import run_dir
 from ctconsole.errors import CtError
 
 SOCKET_NAME = "s"
+QUOTA_POLL = 0.01  # s between two looks at the bytes a page server wrote (it writes ~600 MiB/s at most here)
 #: sun_path holds 108 bytes with its NUL: a longer path cannot be bound or connected
 MAX_SOCKET_PATH = 107
 
@@ -72,12 +82,14 @@ class TransportError(CtError):
 
 
 def _private_subdir(parent: Path, name: str) -> Path:
-    """``parent/name`` created fresh (never reused), root-owned, mode 0700, no symlink on the way."""
-    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = os.lstat(parent)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise TransportError(f"{parent} must be a directory owned by uid {os.geteuid()} and not "
-                             "writable by others")
+    """``parent/name`` created fresh (never reused), root-owned, mode 0700, no symlink on the way
+    (``parent`` through :func:`ctconsole.config.private_dir`, the one safe-directory walk)."""
+    from ctconsole.config import private_dir
+
+    try:
+        parent = private_dir(parent)
+    except CtError as exc:
+        raise TransportError(exc.message, exc.details) from exc
     d = parent / name
     os.mkdir(d, 0o700)  # FileExistsError: someone else's (or a stale) directory; never reuse it
     os.chmod(d, 0o700)
@@ -104,6 +116,8 @@ class PageListener:
         _check_length(self.path)
         self.directory = _private_subdir(self.path.parent.parent, self.path.parent.name)
         self.refused: list[int] = []  # uids of peers turned away (a 0700 dir should make this impossible)
+        self.connected = False  # a root peer was accepted (see has_peer)
+        self._lock = threading.Lock()  # accept vs has_peer: a connection is never "in neither place"
         self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             self._sock.bind(str(self.path))
@@ -129,16 +143,37 @@ class PageListener:
                 ready, _, _ = select.select([sock], [], [], min(left, 0.2))
                 if not ready:
                     continue
-                conn, _ = sock.accept()
-                uid = peer_uid(conn)
-                if uid != os.geteuid():
-                    self.refused.append(uid)
-                    conn.close()
-                    continue
+                with self._lock:
+                    conn, _ = sock.accept()
+                    uid = peer_uid(conn)
+                    if uid != os.geteuid():
+                        self.refused.append(uid)
+                        conn.close()
+                        continue
+                    self.connected = True
                 conn.setblocking(True)
                 return conn
         finally:
             self.close()
+
+    def has_peer(self) -> bool:
+        """Did the console connect (accepted, or waiting in the backlog)? Never blocks.
+
+        Why: the dump cannot finish without its page server, so when the
+        console asks for the restore (or the next round) and nobody ever
+        connected, no pages can have arrived; waiting for the accept would
+        only idle until a timeout (the slow fuzz draw of issue #10: each
+        restore after a ``prepare`` with a page server sat 60 s in this wait).
+        """
+        with self._lock:
+            if self.connected:
+                return True
+            if self._sock is None:
+                return False
+            with contextlib.suppress(OSError, ValueError):
+                ready, _, _ = select.select([self._sock], [], [], 0)
+                return bool(ready)
+            return False
 
     def close(self) -> None:
         """Stop listening and remove the socket and its directory (idempotent)."""
@@ -177,9 +212,18 @@ class SshMux:
     target: list[str]
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """One ``ssh -O ...`` control command; a client that cannot run or hangs is a failed result, not a raise.
+
+        Why: a ``TimeoutExpired`` or ``OSError`` escaping here skipped the caller's TransportError
+        handling (an error without the page channel's words) and, from the cancel in
+        :func:`open_page_link`'s ``finally``, lost the socket that had just connected.
+        """
         cmd = [*self.argv, "-o", f"ControlPath={self.control_path}", "-o", "BatchMode=yes", *args, *self.target]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False,
-                              stdin=subprocess.DEVNULL)
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False,
+                                  stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return subprocess.CompletedProcess(cmd, 255, "", f"ssh {' '.join(args)}: {exc}")
 
 
 def mux_for(channel: Any) -> SshMux | None:
@@ -206,7 +250,7 @@ def open_page_link(remote_path: str, mux: SshMux | None = None, name: str = "", 
     client turns a ``-W`` to a unix path into a shell session.)
     """
     if mux is None:
-        return PageLink(_connect(remote_path, timeout))
+        return PageLink(_connect(remote_path, timeout, check_far_end=False))
     local = run_dir() / "pages-out" / short_name(name or f"{os.getpid()}-{time.monotonic_ns()}") / SOCKET_NAME
     _check_length(local)
     d = _private_subdir(local.parent.parent, local.parent.name)
@@ -229,14 +273,15 @@ def open_page_link(remote_path: str, mux: SshMux | None = None, name: str = "", 
             d.rmdir()
 
 
-def _connect(path: str, timeout: float) -> socket.socket:
+def _connect(path: str, timeout: float, check_far_end: bool = True) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     s.settimeout(timeout)
     try:
         s.connect(path)
         # ssh accepts the local end before the far side connected: a refused remote
         # connect shows up as an immediate EOF, so make sure the peer is still there
-        ready, _, _ = select.select([s], [], [], 0.05)
+        # (a direct connect to the agent's own socket has no far side to wait for)
+        ready, _, _ = select.select([s], [], [], 0.05) if check_far_end else ([], [], [])
         if ready and not s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
             raise OSError("the far end closed the connection at once (no page socket there?)")
     except OSError as exc:
@@ -244,6 +289,25 @@ def _connect(path: str, timeout: float) -> socket.socket:
         raise TransportError(f"cannot connect the page channel ({path}): {exc.strerror or exc}") from exc
     s.settimeout(None)
     return s
+
+
+def tree_bytes(d: Path) -> int:
+    """Bytes of the files under ``d`` (pages a page server wrote count too), symlinks not followed."""
+    total = 0
+    for root, _dirs, files in os.walk(d):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A byte budget for one migration's images directory while page servers write into it."""
+
+    directory: Path
+    max_bytes: int
+    message: Callable[[int], str]  # why the page server was stopped, naming the policy key (agent/policy.py)
 
 
 class PagePort:
@@ -258,12 +322,16 @@ class PagePort:
     the current server (every page on disk); :meth:`stop` undoes everything.
     """
 
-    def __init__(self, migration_id: str, base: Path | None = None) -> None:
+    def __init__(self, migration_id: str, base: Path | None = None, quota: Quota | None = None) -> None:
         self.migration_id = migration_id
         self.base = base
+        self.quota = quota
+        self.over = ""  # set when the quota stopped a page server: the reason, naming the policy key
+        self._watch_stop = threading.Event()
         self.listener: PageListener | None = None
         self.conn: socket.socket | None = None
         self.pid = 0  # the current page server's pid (0: none running)
+        self.pid_start = 0  # its start time: stop() kills it only while the pid is still that process
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._stack = contextlib.ExitStack()
@@ -297,9 +365,71 @@ class PagePort:
         from ctconsole.criu.client import CriuClient
 
         assert self.conn is not None
+        if self.over:
+            raise TransportError(self.over)
+        # each file the page server writes stops just past what is left of the quota (RLIMIT_FSIZE);
+        # the watch below catches the sum of several files
+        left = self.quota.max_bytes - tree_bytes(self.quota.directory) + 1 if self.quota is not None else 0
         info, self._wait = self._stack.enter_context(
-            CriuClient(timeout=30).page_server_child(images_dir, ps_fd=self.conn.fileno()))
-        self.pid = info.pid
+            CriuClient(timeout=30).page_server_child(images_dir, ps_fd=self.conn.fileno(),
+                                                     max_file_bytes=max(left, 1) if self.quota is not None else 0))
+        self.pid, self.pid_start = info.pid, process.start_time(info.pid)
+        if self.quota is not None:
+            self._watch_stop = threading.Event()
+            threading.Thread(target=self._watch, args=(info.pid, self.pid_start, self._watch_stop),
+                             name="page-quota", daemon=True).start()
+
+    def _watch(self, pid: int, started: int, stop: threading.Event) -> None:
+        """Stop the page server ``pid`` (ours: start time checked) once the images outgrow the quota."""
+        assert self.quota is not None
+        while True:
+            stopped = stop.wait(QUOTA_POLL)
+            total = tree_bytes(self.quota.directory)  # once more after the end: what it last wrote counts
+            if total > self.quota.max_bytes:
+                self.over = self.quota.message(total)
+                if started and process.start_time(pid) == started:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                conn = self.conn
+                if conn is not None:  # the dumping CRIU gets EPIPE at once, not a full socket buffer
+                    with contextlib.suppress(OSError):
+                        conn.shutdown(socket.SHUT_RDWR)
+                return
+            if stopped or not process.alive(pid, started):
+                return  # done (a zombie until WAIT_PID): what it wrote is counted again at restore
+
+    def accept_only(self, accept_timeout: float = 120.0) -> str:
+        """Post-copy: the socket path to connect to; the connection is kept for :meth:`take`, no page server.
+
+        The lazy-pages daemon (``criu lazy-pages``, which has no RPC) gets the
+        accepted socket as ``--ps-socket``; the source's lazy dump serves
+        pages on the console's end of the same connection.
+        """
+        if self.listener is not None or self.conn is not None or self._thread is not None:
+            raise TransportError("the page channel of this migration is already in use")
+        self.listener = PageListener(self.migration_id, self.base)
+        self._thread = threading.Thread(target=self._accept_only, args=(accept_timeout,), name="lazy-accept",
+                                        daemon=True)
+        self._thread.start()
+        return str(self.listener.path)
+
+    def _accept_only(self, timeout: float) -> None:
+        try:
+            assert self.listener is not None
+            self.conn = self.listener.accept(timeout)
+        except BaseException as exc:  # reported by take()
+            self._error = exc
+
+    def take(self, timeout: float) -> socket.socket:
+        """The accepted connection (post-copy); fails at once when the console never connected."""
+        if (self._thread is not None and self.conn is None and self.listener is not None
+                and not self.listener.has_peer()):
+            self.stop()
+            raise TransportError("the console never connected to the page channel: no pages can be asked for")
+        self._join(timeout)
+        if self.conn is None:
+            raise TransportError("no page connection from the console")
+        return self.conn
 
     def _join(self, timeout: float | None) -> None:
         if self._thread is not None:
@@ -324,26 +454,39 @@ class PagePort:
         :class:`TransportError` when the console never connected, or the
         server could not start.
         """
+        if (self._thread is not None and self.conn is None and self.listener is not None
+                and not self.listener.has_peer()):
+            self.stop()
+            raise TransportError("the console never connected to the page channel: no pages can have arrived")
         self._join(timeout)
         if self._wait is None:
             return None
         try:
             return self._wait(timeout)
         finally:
+            self._watch_stop.set()
             self._wait = None
-            self.pid = 0
+            self.pid = self.pid_start = 0
             self._stack.close()
 
     def stop(self) -> list[str]:
         """Rollback / end of session: kill a running page server, close the connection and the listener."""
         done: list[str] = []
+        self._watch_stop.set()
         if self.listener is not None:
             self.listener.close()  # an accept still waiting gives up at its next poll
+        if self._thread is not None:
+            # first: a page server it is starting must not start on a connection closed (or reused) below
+            self._thread.join(2.0)
+            self._thread = None
+        if self.over:
+            done.append(f"stopped the page server: {self.over}")
         if self.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-            done.append(f"stopped page server {self.pid}")
-            self.pid = 0
+            if self.pid_start and process.start_time(self.pid) == self.pid_start:  # not a reused pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                done.append(f"stopped page server {self.pid}")
+            self.pid = self.pid_start = 0
         self._wait = None
         with contextlib.suppress(Exception):
             self._stack.close()  # reaps the page server through its swrk
@@ -351,30 +494,5 @@ class PagePort:
             with contextlib.suppress(OSError):
                 self.conn.close()
             self.conn = None
-        if self._thread is not None:
-            self._thread.join(2.0)
-            self._thread = None
         self._error = None
         return done
-
-
-def lazy_config(directory: Path, ps_fd: int) -> Path:
-    """A CRIU config file that sets ``ps-socket`` for a lazy (post-copy) dump over RPC.
-
-    Why a config file: over RPC, CRIU ignores ``ps.fd`` when ``lazy_pages`` is set
-    (``cr-service.c`` reads ``ps`` only ``if (!opts.lazy_pages)``), so without
-    this the source's lazy page server would listen on TCP, on every address.
-    ``config_file`` is parsed after the request's options and may set
-    ``ps-socket``; the lazy page server then reuses that socket
-    (``cr_page_server``: "Reusing ps socket"). Written 0600 in our private dir.
-    """
-    path = directory / "lazy-ps.conf"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"ps-socket {ps_fd}\n")
-    return path
-
-
-def remove_tree(path: Path) -> None:
-    """Best-effort removal of a directory we made (rollback)."""
-    shutil.rmtree(path, ignore_errors=True)

@@ -217,16 +217,18 @@ class HostProbeReply(_message.Message):
     def __init__(self, criu_check_ok: _Optional[bool] = ..., criu_check_detail: _Optional[str] = ..., cpuinfo_ok: _Optional[bool] = ..., cpuinfo_detail: _Optional[str] = ..., images_dir: _Optional[str] = ..., images_free: _Optional[int] = ..., paths: _Optional[_Iterable[_Union[PathInfo, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkInfo, _Mapping]]] = ..., refusals: _Optional[_Iterable[_Union[PolicyRefusal, _Mapping]]] = ..., policy_lines: _Optional[_Iterable[str]] = ..., policy_error: _Optional[str] = ..., busy_pids: _Optional[_Iterable[int]] = ..., busy_ports: _Optional[_Iterable[_Union[PortInfo, _Mapping]]] = ..., cgroups: _Optional[_Iterable[_Union[CgroupInfo, _Mapping]]] = ...) -> None: ...
 
 class PrepareRequest(_message.Message):
-    __slots__ = ("migration_id", "page_server", "page_server_address", "shared_token")
+    __slots__ = ("migration_id", "page_server", "page_server_address", "shared_token", "lazy_pages")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SHARED_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LAZY_PAGES_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     page_server: bool
     page_server_address: str
     shared_token: str
-    def __init__(self, migration_id: _Optional[str] = ..., page_server: _Optional[bool] = ..., page_server_address: _Optional[str] = ..., shared_token: _Optional[str] = ...) -> None: ...
+    lazy_pages: bool
+    def __init__(self, migration_id: _Optional[str] = ..., page_server: _Optional[bool] = ..., page_server_address: _Optional[str] = ..., shared_token: _Optional[str] = ..., lazy_pages: _Optional[bool] = ...) -> None: ...
 
 class PrepareReply(_message.Message):
     __slots__ = ("images_dir", "page_server_address", "page_server_port", "page_server_pid", "shared_fs", "page_socket")

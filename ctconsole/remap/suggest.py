@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ctconsole.model import NO_REMEDY, Container, External, Mount, NetIface, OpenFile, Socket, Tty
+from ctconsole.remap import safety
 from ctconsole.remap.model import RULE_KINDS, Rule, Selector
 from ctconsole.remap.store import render_container, render_rule
 from ctconsole.remap.validate import ifname_problem
@@ -275,6 +276,27 @@ _KERNEL_FS_AT = {"proc": "/proc", "sysfs": "/sys"}
 
 
 def _mount_fields(item: Mount, c: Container) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """The host path for a mount rule (:func:`_mount_path`), never one ``validate`` refuses.
+
+    A container made with ``unshare`` often binds the host's own ``/usr`` or ``/etc`` read-only into
+    its root. Proposing ``path = "/usr"`` would hand the operator a draft that ``rules validate`` and
+    every destination refuse (safety.bind_source: a rules file must not bind the host's system
+    directories into a container). The draft says so and leaves the path to the operator instead.
+    """
+    fields, comments, extra = _mount_path(item, c)
+    path = str(fields.get("path", ""))
+    why = safety.bind_source(path) if path and path != "/CHANGE-ME" else None
+    if why is None:
+        return fields, comments, extra
+    fields["path"] = "/CHANGE-ME"
+    return fields, {"path": f"not {path}: the destination refuses it"}, [
+        f"{UNDECIDED} which host path replaces {item.mountpoint} on the destination. On the source it is a "
+        f"bind of the host's {path}, which no rules file may bind into a container ({path!r} {why}). Give "
+        f"a directory on the destination that holds what the container needs from {path} (a copy, or a "
+        "read-only bind of it made for containers), or give the container its own root."]
+
+
+def _mount_path(item: Mount, c: Container) -> tuple[dict[str, Any], dict[str, str], list[str]]:
     """The host path for a mount rule, derived from how the mount is made (mountinfo root, source, parent).
 
     1. The inventory found a host mount of the same filesystem containing the bind's root: that path.

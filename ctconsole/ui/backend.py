@@ -31,6 +31,7 @@ from ctconsole.commands.destinations import Destination
 from ctconsole.errors import CtError
 from ctconsole.feasibility.findings import AUTO, BLOCKER, INFO, NEEDS_RULE, Finding, Report
 from ctconsole.migrate import events as ev
+from ctconsole.migrate.journal import Summary
 from ctconsole.model import Container
 from ctconsole.remap import KindSpec, Rule
 
@@ -226,7 +227,7 @@ NEXT_STEPS = {
     "migrated": ("Check the service from outside, then remove the images if you keep them.",),
     "rolled-back": ("Open Troubleshooting (t) to read CRIU's log and the explanations, fix, and retry.",),
     "failed": (
-        "Open Troubleshooting (t) for the log; the journal lets `ctconsole migrate --recover` finish or undo.",
+        "Open Troubleshooting (t) for the log and the journal; `ctconsole history` resolves what was left open.",
     ),
 }
 
@@ -243,20 +244,6 @@ SOURCE_WORDS = {
 def source_sentence(done: ev.Done) -> str:
     """Whether the source survived, in words (an unknown state says so)."""
     return SOURCE_WORDS.get(done.source, "whether the source still runs is unknown: check the container list")
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One migration from the journal, as the history table shows it."""
-
-    id: str
-    container: str
-    dest: str
-    strategy: str
-    started: str
-    result: str
-    downtime_ms: float | None = None
-    log_path: str = ""
 
 
 # ---------------------------------------------------------------- interface
@@ -373,8 +360,12 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def history(self) -> list[HistoryEntry]:
-        """Past migrations from the journal, newest first."""
+    def history(self) -> list[Summary]:
+        """Past migrations from the journal, newest first: the journal's own summaries (``ctconsole history``)."""
+
+    @abstractmethod
+    def history_log(self, entry: Summary) -> str:
+        """The log to open for one past migration ("" when it kept none)."""
 
     @abstractmethod
     def read_log(self, path: str) -> list[str]:
@@ -391,8 +382,7 @@ class Backend(ABC):
 
     def default_log(self) -> str:
         """The log the troubleshooting screen opens first ("" when none)."""
-        entries = self.history()
-        return entries[0].log_path if entries else ""
+        return next((log for e in self.history() if (log := self.history_log(e))), "")
 
 
 # ---------------------------------------------------------------- real core
@@ -521,14 +511,11 @@ class RealBackend(Backend):
     def start_migration(
         self, ref: str, dest: str, strategy: str, rules_file: str, on_event: Callable[[ev.Event], None]
     ) -> MigrationHandle:
-        from ctconsole.commands.migrate import source_netns_for
         from ctconsole.migrate.engine import Migration, MigrationRequest
 
         container = self.container_detail(ref)
         rules = rules_file if rules_file and Path(rules_file).is_file() else None
-        req = MigrationRequest(
-            ref=container.id, dest=dest, strategy=strategy, rules=rules, source_netns=source_netns_for(dest)
-        )
+        req = MigrationRequest(ref=container.id, dest=dest, strategy=strategy, rules=rules)
         migration = Migration(req, emit=on_event)
         journal = str(migration.journal.path)
 
@@ -543,25 +530,16 @@ class RealBackend(Backend):
         threading.Thread(target=run, name=f"migrate-{container.name}", daemon=True).start()
         return migration
 
-    def history(self) -> list[HistoryEntry]:
+    def history(self) -> list[Summary]:
         from ctconsole.migrate import journal
 
-        out = []
-        for path in reversed(journal.journals()):
-            s = journal.summarize(path)
-            out.append(
-                HistoryEntry(
-                    id=s.id,
-                    container=_journal_name(path) or s.container,
-                    dest=s.dest,
-                    strategy=s.strategy,
-                    started=time.strftime("%Y-%m-%d %H:%M", time.localtime(s.started)) if s.started else "",
-                    result=s.result,
-                    downtime_ms=s.downtime * 1000 if s.downtime is not None else None,
-                    log_path=str(path),
-                )
-            )
-        return out
+        return [journal.summarize(path) for path in reversed(journal.journals())]
+
+    def history_log(self, entry: Summary) -> str:
+        from ctconsole.migrate import journal
+
+        path = journal.journal_dir() / f"{entry.id}.jsonl"
+        return str(path) if path.exists() else ""
 
     def read_log(self, path: str) -> list[str]:
         if path.endswith(".jsonl"):
@@ -584,28 +562,6 @@ def _journal_lines(path: Path) -> list[str]:
         lines.append(f"{ts} {kind} " + " ".join(f"{k}={v}" for k, v in rest.items()))
         lines.extend(f"    {d}" for d in rec.get("details", []) or [])
     return lines
-
-
-def _journal_name(path: Path) -> str:
-    """The container's name from a journal's ``begin`` record (the summary only has its id).
-
-    Why: ids such as ``ns-4026532184`` mean nothing in the history list; the
-    name is in one of the first records, so only those are read.
-    """
-    import json
-
-    try:
-        with path.open() as fh:
-            for _ in range(5):
-                line = fh.readline()
-                if not line:
-                    break
-                rec = json.loads(line)
-                if isinstance(rec, dict) and rec.get("kind") == "begin":
-                    return str(rec.get("name", "") or "")
-    except (OSError, ValueError):
-        pass
-    return ""
 
 
 def make_backend(fake: bool | None = None) -> Backend:

@@ -20,6 +20,7 @@ from ctconsole.commands.destinations import Destination, merge, ordered
 from ctconsole.errors import CtError, NotFound
 from ctconsole.feasibility.findings import Report
 from ctconsole.migrate import events as ev
+from ctconsole.migrate.journal import Summary
 from ctconsole.model import (
     Container,
     Device,
@@ -35,7 +36,7 @@ from ctconsole.model import (
     Tty,
 )
 from ctconsole.remap import Rule
-from ctconsole.ui.backend import LOCAL_HOST, Backend, HistoryEntry, MigrationHandle, option_lines, rules_label
+from ctconsole.ui.backend import LOCAL_HOST, Backend, MigrationHandle, option_lines, rules_label
 
 RUNTIMES = ("libvirt-lxc", "lxc", "runc", "nspawn", "namespaces")
 FAKE_LOG = "/var/lib/ctconsole/migrations/0003/dump.log"
@@ -192,7 +193,11 @@ class FakeMigration:
     and their fields are what :mod:`ctconsole.migrate.engine` emits, so the
     console's fold and views are tested on the real vocabulary. Pre-copy
     rounds stream their pages (``copied``); the final images are ``linked``
-    on a ``netns:`` destination (shared filesystem) and ``streamed`` otherwise.
+    on a ``netns:`` destination (shared filesystem) and ``streamed`` otherwise;
+    an ``ssh://`` destination shares no storage, so the container's root is
+    carried (``storage``: a full copy while it runs, the delta while frozen),
+    as the engine does for an isolated host. With ``backend.lose_source`` a
+    rollback finds the source gone (``Done.source == "lost"``).
     """
 
     def __init__(
@@ -234,6 +239,13 @@ class FakeMigration:
         emit(ev.PhaseChanged("prepare", f"agent on {self.dest}: CRIU 4.2, same kernel"))
         if self._stop("prepare"):
             return self._rollback()
+        carry = STORAGE_BYTES if self.dest.startswith("ssh://") else 0
+        if carry:
+            emit(ev.PhaseChanged("prepare", f"copying the container's storage ({carry >> 20} MiB) while it runs"))
+            for step in range(1, 5):
+                emit(ev.Transfer("storage", carry * step // 4, carry, 80e6))
+                if self._sleep(0.05):
+                    return self._rollback()
         emit(ev.PhaseChanged("perform", f"strategy {self.strategy}"))
         for r in range(1, rounds + 1):
             pages = 65536 >> r
@@ -256,6 +268,8 @@ class FakeMigration:
         else:
             for step in range(1, 5):
                 emit(ev.Transfer("streamed", images * step // 4, images, 120e6, (4 - step) * 0.01))
+        if carry:  # the delta since the full copy, inside post-dump: the engine reports the whole root again
+            emit(ev.Transfer("storage", carry, carry, 80e6))
         emit(ev.PhaseChanged("restore", "restoring on the destination"))
         if self._stop("restore"):
             return self._rollback()
@@ -280,6 +294,18 @@ class FakeMigration:
     def _rollback(self) -> None:
         why = "aborted by the operator" if self._abort.is_set() else "CRIU restore failed on the destination"
         self.on_event(ev.PhaseChanged("rollback", why))
+        if self.backend.lose_source:  # the engine's words when the source did not survive its rollback
+            self.backend.lost(self.container)
+            self.on_event(
+                ev.Done(
+                    "failed",
+                    f"rolled back: {why}; the source IS GONE",
+                    source="lost",
+                    errors=(RESTORE_ERROR,),
+                    journal=FAKE_LOG,
+                )
+            )
+            return
         self.on_event(
             ev.Done(
                 "rolled-back",
@@ -292,7 +318,11 @@ class FakeMigration:
 
 
 FAKE_RULES = "/etc/ctconsole/rules.toml"
+#: the root carried to an ``ssh://`` destination
+STORAGE_BYTES = 48 * 1024 * 1024
 RESTORE_ERROR = "(00.004100) Error (criu/cr-restore.c:2204): Restoring FAILED."
+#: what recovery writes when the destination does not answer (migrate/recovery.py)
+UNRESOLVED = "unresolved: destination unreachable (ssh://node2: ssh: connect to host node2 port 22: No route to host)"
 
 
 class FakeBackend(Backend):
@@ -317,6 +347,7 @@ class FakeBackend(Backend):
             ]
         self.migrations: list[FakeMigration] = []
         self.fail_at = ""  # tests: the phase in which the next migration fails (rolls back)
+        self.lose_source = False  # tests: a rollback finds the source gone
         self.calls: list[str] = []  # what the console asked, for tests
         self._lock = threading.Lock()
 
@@ -344,6 +375,11 @@ class FakeBackend(Backend):
             self.placed[LOCAL_HOST] = [x for x in self.placed[LOCAL_HOST] if x.id != c.id]
             new = dataclasses.replace(c, id=f"{c.runtime}/{c.name}@{dest}", init_pid=c.init_pid + 7)
             self.placed[dest] = [*self.placed[dest], new]
+
+    def lost(self, c: Container) -> None:
+        """The fake host after a rollback that lost the source: it runs nowhere."""
+        with self._lock:
+            self.placed[LOCAL_HOST] = [x for x in self.placed[LOCAL_HOST] if x.id != c.id]
 
     # ------------------------------------------------------------------ checks
     def check(self, ref: str, dest: str | None = None, rules_file: str = "", host: str = LOCAL_HOST) -> Report:
@@ -373,7 +409,8 @@ class FakeBackend(Backend):
         now = time.time()  # shown as "2 h ago": the picture does not depend on the date
         known = [
             Destination("netns:ctlab-dst", "lab", "dst", True, now - 7250, "198.19.1.2"),
-            Destination("ssh://node2", "journal", "", False, now - 2 * 86400 - 60, "last: migrated"),
+            Destination("ssh://node2", "journal", "", False, now - 60, "last: migrated",
+                        "node2:22: connection refused"),
             Destination("netns:ctlab-spare", "lab", "spare", True, 0.0, "198.19.2.2"),
             Destination("ssh://db1", "ssh-config", "db1", None, 0.0, "10.0.0.21"),
         ]
@@ -402,14 +439,24 @@ class FakeBackend(Backend):
         m.thread.start()
         return m
 
-    def history(self) -> list[HistoryEntry]:
+    def history(self) -> list[Summary]:
+        """The journal's summaries of four past migrations (fixed times: the screens never depend on the date)."""
+        day = 1795600000.0  # 2026-11-25
         return [
-            HistoryEntry(
-                "0003", "web-1", "netns:ctlab-dst", "pre-copy", "2026-11-25 17:02", "rolled-back", None, FAKE_LOG
-            ),
-            HistoryEntry("0002", "db", "ssh://node2", "stop-copy", "2026-11-24 11:40", "migrated", 230.0, ""),
-            HistoryEntry("0001", "cache", "netns:ctlab-dst", "post-copy", "2026-11-23 09:15", "failed", None, ""),
+            Summary("0004", "ns-4026532180", "ssh://node2", "stop-copy/handover", day + 7200, None, "unresolved",
+                    UNRESOLVED, ["begin", "prepare", "perform"], name="cache"),
+            Summary("0003", "lxc/web-1", "netns:ctlab-dst", "pre-copy/handover", day, day + 3,
+                    "rolled-back", "rolled back: CRIU restore failed on the destination; the source is running",
+                    errors=[RESTORE_ERROR], name="web-1"),
+            Summary("0002", "lxc/db", "ssh://node2", "stop-copy/handover", day - 86400, day - 86398, "migrated",
+                    "db now runs on ssh://node2 as pid 4308", downtime=0.230, name="db"),
+            Summary("0001", "runc/cache", "netns:ctlab-dst", "post-copy/sequential", day - 2 * 86400,
+                    day - 2 * 86400 + 5, "failed",
+                    "rollback failed: restore: no such file; images kept for manual restore", name="cache"),
         ]
+
+    def history_log(self, entry: Summary) -> str:
+        return FAKE_LOG if entry.id == "0003" else ""
 
     def read_log(self, path: str) -> list[str]:
         if path == FAKE_LOG:

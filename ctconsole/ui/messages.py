@@ -13,9 +13,10 @@ from textual.message import Message
 
 from ctconsole.commands.destinations import Destination
 from ctconsole.feasibility.findings import Report
+from ctconsole.migrate.journal import Summary
 from ctconsole.model import Container
 from ctconsole.remap import Rule
-from ctconsole.ui.backend import HistoryEntry, MigrationState
+from ctconsole.ui.backend import MigrationState
 
 
 class ContainersLoaded(Message):
@@ -101,9 +102,12 @@ class LogLoaded(Message):
 
 
 class HistoryLoaded(Message):
-    def __init__(self, entries: list[HistoryEntry]) -> None:
+    """The journal's summaries (newest first), each with the log it opens ("" when none)."""
+
+    def __init__(self, entries: list[Summary], logs: list[str]) -> None:
         super().__init__()
         self.entries = entries
+        self.logs = logs
 
 
 class DestinationsLoaded(Message):

@@ -241,6 +241,14 @@ def test_restart_gives_a_fresh_container(lab) -> None:
 
 
 def test_down_removes_exactly_what_up_made(lab) -> None:
+    """``lab down`` on the default lab (it has to be that one: the container names are fixed).
+
+    Skipped when ``CTCONSOLE_LAB_KEEP=1``: whoever runs the tests wants the lab to stay up (others
+    use it, with their own lab hosts, which ``lab down`` would remove under their feet). CI never sets
+    it, so the full suite runs this test.
+    """
+    if os.environ.get("CTCONSOLE_LAB_KEEP") == "1":
+        pytest.skip("CTCONSOLE_LAB_KEEP=1: the lab must stay up")
     st = labmod.status()
     pids = [c.init_pid for c in st.containers.values()] + [
         h.pid for c in st.containers.values() for h in c.helpers if h.alive()

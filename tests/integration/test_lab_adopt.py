@@ -1,15 +1,16 @@
 """Runtimes on the destination: adoption (ctconsole/migrate/adopt.py) run inside an isolated lab host.
 
-The restored tree is stood in for by the lab container itself (pids are shared
-with the isolated host, so the destination sees the same process a restore
-would have produced, without a runtime parent): adoption runs *inside* the
-isolated host exactly as the destination server calls it, then the real
-runtime tools there are asked. The full migrate-then-adopt flow runs in
+The restored tree is stood in for by a pid-namespace init started inside the
+isolated host (it has a pid namespace of its own, so the lab container, a
+process of this host, is not visible there), with the lab container's runtime
+facts: adoption runs *inside* the isolated host exactly as the destination
+server calls it, then the real runtime tools there are asked. The full migrate-then-adopt flow runs in
 tests/integration/test_migrate_isolated.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -19,15 +20,20 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from ctconsole import lab as labmod
 from ctconsole.inventory import scan
+from ctconsole.inventory.netlink import uts_hostname
+from ctconsole.lab import isolated
+from ctconsole.lab.common import nspid_is_init
 from ctconsole.lab.state import LabHost
 from ctconsole.migrate import adopt
 from tests import lab_fixtures
-from tests.lab_fixtures import container, fresh, wait_ticks
+from tests.lab_fixtures import container
+from tests.support_hosts import kill_pid
 
 lab = lab_fixtures.lab
 
@@ -66,39 +72,71 @@ def inside(*argv: str) -> subprocess.CompletedProcess[str]:
     return labmod.host_run(NAME, list(argv))
 
 
+@contextlib.contextmanager
+def stand_in(hostname: str) -> Iterator[tuple[int, int]]:
+    """A pid-namespace init started inside the host, standing in for a restored tree: (pid there, pid here).
+
+    The isolated host has its own pid namespace, so the lab container itself (a
+    process of this host) cannot stand in: the host does not see it.
+    """
+    p = subprocess.Popen([*labmod.host_argv(NAME), "unshare", "--pid", "--fork", "--uts", "sh", "-c",
+                          f'hostname {hostname}; exec setsid sh -c "while :; do sleep 0.2; done"'],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         close_fds=True, start_new_session=True)
+    here = 0
+    try:
+        h = labmod.host_get(NAME)
+        end = time.monotonic() + 10
+        while not here and time.monotonic() < end:
+            here = next((pid for pid in isolated.processes_inside(h)
+                         if nspid_is_init(pid) and uts_hostname(pid) == hostname), 0)
+            time.sleep(0.05)
+        assert here, "the stand-in did not start"
+        there = int(next(ln.split()[2] for ln in Path(f"/proc/{here}/status").read_text().splitlines()
+                         if ln.startswith("NSpid:")))
+        assert labmod.host_real_pid(NAME, there) == here
+        yield there, here
+    finally:
+        if here:
+            kill_pid(here)
+        kill_pid(p.pid)
+        p.wait(timeout=10)
+
+
 def test_runc_container_is_adopted_by_runc_there(lab, dest: LabHost) -> None:
-    c = fresh("runc")
-    wait_ticks(c, 2)
+    c = container("runc")
+    assert c.init is not None, c.error
     facts = facts_of("ctlab-runc")
     assert facts.runtime == "runc" and facts.runc_root == "/run/runc" and facts.runc_state["id"] == "ctlab-runc"
     assert inside("runc", "list", "-q").stdout.strip() == ""  # runc there knows nothing yet
-    cp = adopt_inside(dest, facts, c.init_pid, c.rootfs)
-    assert cp.returncode == 0, cp.stderr
-    listed = json.loads(inside("runc", "list", "--format", "json").stdout)
-    assert [(x["id"], x["pid"], x["status"]) for x in listed] == [("ctlab-runc", c.init_pid, "running")]
-    # ctconsole's inventory there names it the same, with the same runtime
-    out = json.loads(inside(sys.executable, "-m", "ctconsole", "list", "--json", "--quick").stdout)
-    mine = [x for x in out if x["init_pid"] == c.init_pid]
-    assert mine and mine[0]["name"] == "ctlab-runc" and mine[0]["runtime"] == "runc"
-    # ... and so does `ctconsole list --host DEST` from here, through the agent over real ssh
-    cp = subprocess.run([sys.executable, "-m", "ctconsole", "list", "--host", dest.dest, "--json"],
-                        capture_output=True, text=True, timeout=120)
-    assert cp.returncode == 0, cp.stderr
-    remote = [x for x in json.loads(cp.stdout) if x["init_pid"] == c.init_pid]
-    assert remote and remote[0]["name"] == "ctlab-runc" and remote[0]["runtime"] == "runc"
-    # the state carries no hooks from the source and the restored pid's namespaces
-    st = json.loads(inside("cat", "/run/runc/ctlab-runc/state.json").stdout)
-    assert st["config"]["hooks"] is None
-    assert all(f"/proc/{c.init_pid}/" in p for p in st["namespace_paths"].values() if p)
-    # runc kill there stops it (the pid is this machine's: one kernel)
-    cp = inside("runc", "kill", "ctlab-runc", "KILL")
-    assert cp.returncode == 0, cp.stderr
-    from tests.support import wait_gone
+    with stand_in("ctlab-runc") as (pid, here):
+        cp = adopt_inside(dest, facts, pid, c.rootfs)
+        assert cp.returncode == 0, cp.stderr
+        listed = json.loads(inside("runc", "list", "--format", "json").stdout)
+        assert [(x["id"], x["pid"], x["status"]) for x in listed] == [("ctlab-runc", pid, "running")]
+        # ctconsole's inventory there names it the same, with the same runtime
+        out = json.loads(inside(sys.executable, "-m", "ctconsole", "list", "--json", "--quick").stdout)
+        mine = [x for x in out if x["init_pid"] == pid]
+        assert mine and mine[0]["name"] == "ctlab-runc" and mine[0]["runtime"] == "runc"
+        # ... and so does `ctconsole list --host DEST` from here, through the agent over real ssh
+        cp = subprocess.run([sys.executable, "-m", "ctconsole", "list", "--host", dest.dest, "--json"],
+                            capture_output=True, text=True, timeout=120)
+        assert cp.returncode == 0, cp.stderr
+        remote = [x for x in json.loads(cp.stdout) if x["init_pid"] == pid]
+        assert remote and remote[0]["name"] == "ctlab-runc" and remote[0]["runtime"] == "runc"
+        # the state carries no hooks from the source and the restored pid's namespaces
+        st = json.loads(inside("cat", "/run/runc/ctlab-runc/state.json").stdout)
+        assert st["config"]["hooks"] is None
+        assert all(f"/proc/{pid}/" in p for p in st["namespace_paths"].values() if p)
+        # runc kill there stops it
+        cp = inside("runc", "kill", "ctlab-runc", "KILL")
+        assert cp.returncode == 0, cp.stderr
+        from tests.support import wait_gone
 
-    wait_gone(c.init_pid)
-    assert json.loads(inside("runc", "list", "--format", "json").stdout)[0]["status"] == "stopped"
-    assert inside("runc", "delete", "ctlab-runc").returncode == 0
-    fresh("runc")
+        wait_gone(here)
+        assert json.loads(inside("runc", "list", "--format", "json").stdout)[0]["status"] == "stopped"
+        assert inside("runc", "delete", "ctlab-runc").returncode == 0
+    assert container("runc").init_pid == c.init_pid, "the lab's own runc container was not touched"
 
 
 @pytest.mark.parametrize("short,runtime,says", [("lxc", "lxc", "not managed by LXC"),
@@ -109,17 +147,18 @@ def test_lxc_and_libvirt_are_named_and_say_why_not_adopted(lab, dest: LabHost, s
     assert c.init is not None, c.error
     facts = facts_of(c.name)
     assert facts.runtime == runtime
-    cp = adopt_inside(dest, facts, c.init_pid, c.rootfs)
-    assert cp.returncode == 0 and says in cp.stdout, cp.stderr
-    rec = json.loads(inside("cat", f"{RECORDS}/{facts.id}.json").stdout)
-    assert rec["pid"] == c.init_pid and rec["adopted"] is False and "kill -KILL" in rec["stop"]
-    # list and show there: same name and runtime, and `show` says plainly what to do
-    out = json.loads(inside(sys.executable, "-m", "ctconsole", "list", "--json", "--quick").stdout)
-    mine = [x for x in out if x["init_pid"] == c.init_pid]
-    assert mine and mine[0]["name"] == c.name and mine[0]["runtime"] == runtime
-    show = inside(sys.executable, "-m", "ctconsole", "show", f"pid:{c.init_pid}").stdout
-    assert says in " ".join(show.split()) and "move it back" in show
-    assert "Traceback" not in show
+    with stand_in(c.name) as (pid, _here):
+        cp = adopt_inside(dest, facts, pid, c.rootfs)
+        assert cp.returncode == 0 and says in cp.stdout, cp.stderr
+        rec = json.loads(inside("cat", f"{RECORDS}/{facts.id}.json").stdout)
+        assert rec["pid"] == pid and rec["adopted"] is False and "kill -KILL" in rec["stop"]
+        # list and show there: same name and runtime, and `show` says plainly what to do
+        out = json.loads(inside(sys.executable, "-m", "ctconsole", "list", "--json", "--quick").stdout)
+        mine = [x for x in out if x["init_pid"] == pid]
+        assert mine and mine[0]["name"] == c.name and mine[0]["runtime"] == runtime
+        show = inside(sys.executable, "-m", "ctconsole", "show", f"pid:{pid}").stdout
+        assert says in " ".join(show.split()) and "move it back" in show
+        assert "Traceback" not in show
     # nothing was written for LXC's or libvirt's own tools (lxc-ls would list a STOPPED copy)
     assert inside("sh", "-c", "ls /var/lib/lxc 2>/dev/null; ls /run/libvirt 2>/dev/null").stdout.strip() == ""
     inside("rm", "-f", f"{RECORDS}/{facts.id}.json")
@@ -148,7 +187,7 @@ def test_untrusted_facts_are_refused(needs_root: None) -> None:
 def test_migration_to_an_isolated_host_records_the_runtime_there(lab, dest: LabHost, tmp_path) -> None:
     """End to end over real ssh: `ctconsole migrate` sends the runtime facts with the commit, the
     destination server adopts the kept tree, `list --host DEST` names it as the source did."""
-    from tests.support_hosts import ctenv, kill_pid, run_cli
+    from tests.support_hosts import ctenv, run_cli
 
     tag = f"f1m{uuid.uuid4().hex[:5]}"
     launcher = subprocess.Popen(
@@ -178,8 +217,8 @@ def test_migration_to_an_isolated_host_records_the_runtime_there(lab, dest: LabH
         committed = [r for r in journal(tmp_path) if r.get("kind") == "committed"]
         assert committed and committed[0]["adoption"] == f"namespaces container {tag}"
     finally:
-        if restored:
-            kill_pid(restored)
+        if restored:  # the host's pid (its own pid namespace): ours for the same process
+            kill_pid(labmod.host_real_pid(NAME, restored))
         kill_pid(launcher.pid)
         shutil.rmtree(run_dir, ignore_errors=True)
 

@@ -53,7 +53,8 @@ def snapshot() -> dict[str, object]:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
     return {
-        "netns": sorted(ln.split()[0] for ln in netns.splitlines() if ln.startswith("ctlab-" + NAME)),
+        "netns": sorted(ln.split()[0] for ln in netns.splitlines()
+                        if ln.startswith(("ctlab-" + NAME, isolated.SRC_PREFIX + NAME))),
         "links": sorted(ln.split()[0] for ln in links.splitlines() if NAME in ln),
         "mounts": sorted(ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()
                          if NAME in ln),
@@ -79,6 +80,14 @@ def test_isolated_host_shares_only_the_kernel(iso: tuple[LabHost, dict[str, obje
     h, before = iso
     assert h.kind == "isolated" and h.dest == f"ssh://root@{h.address}"
     assert h.address.startswith("198.18.") and h.src_address.startswith("198.18.")
+    # lab addresses only in namespaces the lab made: the source end is in its edge namespace,
+    # this host's own namespace has no 198.18 address and no lab link
+    assert h.src_netns == isolated.SRC_PREFIX + NAME
+    here = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    assert " 198.18." not in here and " 198.19." not in here, here
+    assert h.src_link not in subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    edge_addrs = subprocess.run(["ip", "-n", h.src_netns, "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    assert f"{h.src_address}/30" in edge_addrs and h.src_link in edge_addrs
     listed = {d["name"]: d for d in json.loads(cli("lab", "host", "list", "--json").stdout)}
     assert listed[NAME]["dest"] == h.dest and listed[NAME]["kind"] == "isolated"
 
@@ -86,6 +95,21 @@ def test_isolated_host_shares_only_the_kernel(iso: tuple[LabHost, dict[str, obje
     cp = ssh(h, "true")
     assert cp.returncode == 0, cp.stderr
     assert sshcfg.known_host_lines(NAME) and sshcfg.has_block(isolated.include_file())
+    # ... through the edge namespace: ssh's ProxyCommand hands it a socket connected from there
+    g = subprocess.run(["ssh", "-G", h.address], capture_output=True, text=True).stdout
+    assert f"/run/netns/{h.src_netns}" in g and "proxyusefdpass yes" in g, g
+    # ... and this namespace itself has no route to it (no lab address or link here): only through the
+    # edge namespace, which is also how the lab checks that the host answers
+    from ctconsole.lab import hosts as labhosts
+
+    route = subprocess.run(["ip", "route", "get", h.address], capture_output=True, text=True).stdout
+    assert h.src_link not in route and "198.18." not in route.split(" src ")[-1], route
+    assert labhosts.answers(labmod.host_get(NAME))
+    # the destination picker says so too, the lab's way (never a TCP probe from this namespace)
+    from ctconsole.commands import destinations as dm
+
+    picked = {d.dest: d for d in dm.known_destinations()}
+    assert picked[h.dest].reachable is True, picked[h.dest]
 
     # sshd listens only on the lab address
     ss = labmod.host_run(NAME, ["ss", "-Hltn"]).stdout.split("\n")
@@ -130,17 +154,15 @@ def test_isolated_host_shares_only_the_kernel(iso: tuple[LabHost, dict[str, obje
     assert not Path("/var/lib/ctconsole").joinpath("journal", "nothing-from-" + tag).exists()
 
     # shaping on both ends, changed later, removed
-    assert "tbf" in subprocess.run(["tc", "qdisc", "show", "dev", h.src_link], capture_output=True,
-                                   text=True).stdout
+    tc_src = ["tc", "-n", h.src_netns, "qdisc", "show", "dev", h.src_link]
+    assert "tbf" in subprocess.run(tc_src, capture_output=True, text=True).stdout
     inside = subprocess.run(["tc", "-n", h.netns, "qdisc", "show", "dev", h.link], capture_output=True,
                             text=True).stdout
     assert "tbf" in inside and "rate 100Mbit" in inside
     cli("lab", "host", "shape", NAME, "--rate", "1gbit")
-    assert "rate 1Gbit" in subprocess.run(["tc", "qdisc", "show", "dev", h.src_link], capture_output=True,
-                                          text=True).stdout
+    assert "rate 1Gbit" in subprocess.run(tc_src, capture_output=True, text=True).stdout
     cli("lab", "host", "shape", NAME)
-    assert "tbf" not in subprocess.run(["tc", "qdisc", "show", "dev", h.src_link], capture_output=True,
-                                       text=True).stdout
+    assert "tbf" not in subprocess.run(tc_src, capture_output=True, text=True).stdout
     assert labmod.host_get(NAME).rate == ""
 
     # del removes all of it: processes (sshd, sessions, what runs inside), mounts, netns, keys, lines
@@ -149,6 +171,12 @@ def test_isolated_host_shares_only_the_kernel(iso: tuple[LabHost, dict[str, obje
     sleeper = ssh(h, "nohup sleep 600 >/dev/null 2>&1 & echo $!")
     inside_pids = isolated.processes_inside(labmod.host_get(NAME))
     assert h.sshd is not None and h.sshd.pid in inside_pids and len(inside_pids) >= 2, sleeper.stderr
+    # its own pid namespace: sshd is its pid 1, it sees none of this host's processes, and a pid it
+    # reports is another number here (lab.host_real_pid translates)
+    assert ssh(h, "cat /proc/1/comm").stdout.strip() == "sshd"
+    assert ssh(h, f"test -e /proc/{os.getpid()}/comm && grep -q pytest /proc/{os.getpid()}/cmdline").returncode != 0
+    real_sleeper = labmod.host_real_pid(NAME, int(sleeper.stdout.split()[-1]))
+    assert real_sleeper in inside_pids and Path(f"/proc/{real_sleeper}/comm").read_text().strip() == "sleep"
     assert cli("lab", "host", "del", NAME).returncode == 0
     for pid in inside_pids:
         assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
@@ -206,7 +234,10 @@ def test_lab_container_moved_to_an_isolated_host_is_followed(lab, criu_bin: str,
                             capture_output=True, text=True, timeout=60)
         log = Path(isolated.path_inside(h, "/tmp/f1img/restore.log"))
         assert cp.returncode == 0, log.read_text()[-2000:]
-        new_pid = int(Path(isolated.path_inside(h, "/tmp/f1img/pid")).read_text())
+        # the pidfile holds the host's pid (its own pid namespace); this host numbers it differently
+        there = int(Path(isolated.path_inside(h, "/tmp/f1img/pid")).read_text())
+        new_pid = labmod.host_real_pid(name, there)
+        assert new_pid and new_pid != there, (there, new_pid)
 
         moved = container("ns")
         assert moved.host == name and moved.init_pid == new_pid
@@ -238,7 +269,7 @@ def test_operator_ssh_files_are_kept_byte_for_byte(tmp_path: Path, monkeypatch: 
     os.chmod(d / "config", 0o640)
     include, key = tmp_path / "lab" / "ssh" / "config", tmp_path / "lab" / "ssh" / "id_ed25519"
     sshcfg.add_known_host("h1", "198.18.77.2", "ssh-ed25519 AAAAhostkey c")
-    sshcfg.write_lab_config(include, {"h1": "198.18.77.2"}, key)
+    sshcfg.write_lab_config(include, {"h1": "198.18.77.2"}, key, {"h1": "/bin/false edge %h %p"})
     assert "AAAAstale" not in (d / "known_hosts").read_text()  # would make ssh refuse the new host key
     text = (d / "config").read_text()
     assert text.endswith(config) and text.index(f"Include {include}") < text.index("Host *")
@@ -249,6 +280,7 @@ def test_operator_ssh_files_are_kept_byte_for_byte(tmp_path: Path, monkeypatch: 
 
     assert f"identityfile {key}" in g("198.18.77.2") and "serveraliveinterval 7" in g("198.18.77.2")
     assert str(key) not in g("db1") and "user admin" in g("db1") and "serveraliveinterval 7" in g("db1")
+    assert "proxycommand /bin/false edge %h %p" in g("198.18.77.2") and "proxycommand" not in g("db1")
     sshcfg.remove_known_host("h1")
     sshcfg.write_lab_config(include, {}, key)
     assert (d / "config").read_text() == config and (d / "known_hosts").read_text() == known
@@ -275,6 +307,8 @@ def test_lab_down_removes_isolated_hosts(tmp_path: Path, needs_root: None) -> No
     assert not Path(f"/proc/{sshd}").exists() or Path(f"/proc/{sshd}/stat").read_text().split(") ")[1][0] == "Z"
     assert "ctlab-f1down" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "cti-f1down" not in subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert isolated.SRC_PREFIX + "f1down" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                               text=True).stdout
     assert not sshcfg.known_host_lines("f1down")
     after = (sshcfg.ssh_dir() / "config").read_text() if (sshcfg.ssh_dir() / "config").exists() else None
     assert after == before

@@ -243,7 +243,7 @@ def test_link_cut_while_frozen_rolls_back(host: lab.LabHost, ct: NsContainer, tm
     """``ip link set down`` on the lab link inside post-dump: ssh dies, CRIU resumes the source."""
     src_start = proc.start_time(ct.init_pid)
     before = dest_storage()
-    link = host.src_link
+    link = ["ip", *(["-n", host.src_netns] if host.src_netns else []), "link", "set", host.src_link]
 
     def cut(p: subprocess.Popen[str]) -> dict[str, Any]:
         end = time.monotonic() + 60
@@ -251,11 +251,11 @@ def test_link_cut_while_frozen_rolls_back(host: lab.LabHost, ct: NsContainer, tm
             if any(rec.get("kind") == "phase" and rec.get("phase") == "transfer" for rec in journal_records(tmp_path)):
                 break
             time.sleep(0.05)
-        subprocess.run(["ip", "link", "set", link, "down"], check=True)
+        subprocess.run([*link, "down"], check=True)
 
         def restore_link() -> None:
             p.wait(timeout=300)
-            subprocess.run(["ip", "link", "set", link, "up"], check=False)
+            subprocess.run([*link, "up"], check=False)
 
         threading.Thread(target=restore_link, daemon=True).start()
         return {}
@@ -263,7 +263,7 @@ def test_link_cut_while_frozen_rolls_back(host: lab.LabHost, ct: NsContainer, tm
     try:
         r = migrate(ct, tmp_path, host, fault="pause:transfer:2", during=cut)
     finally:
-        subprocess.run(["ip", "link", "set", link, "up"], check=False)
+        subprocess.run([*link, "up"], check=False)
     _assert_rolled_back(ct, tmp_path, r, src_start, before, settle=240)
 
 
@@ -275,12 +275,15 @@ def test_there_and_back_again(host: lab.LabHost, ct: NsContainer, tmp_path: Path
     """
     r = migrate(ct, tmp_path, host)
     assert r["done"]["result"] == "migrated", r["done"].get("message")
-    there_pid = int(r["done"]["details"]["restored_pid"])
+    there_pid = int(r["done"]["details"]["restored_pid"])  # the isolated host's pid (its own pid namespace)
+    there_real = lab.host_real_pid(HOST, there_pid)  # the same process as this host numbers it
+    assert there_real and there_real in container_inits(ct), (there_pid, there_real, container_inits(ct))
+    there_start = proc.start_time(there_real)
     there_root = carried_root(tmp_path)
     # keys and known_hosts where the isolated host can read them (it sees this tree read-only, not /tmp)
     shared = Path(tempfile.mkdtemp(prefix="ctc-f2-back-", dir="/var/cache"))
     try:
-        with throwaway_sshd(shared, host.src_address) as sshd:
+        with throwaway_sshd(shared, host.src_address, edge_netns=host.src_netns) as sshd:
             rules = shared / "back.toml"
             rules.write_text('version = 1\n[[container]]\nmatch = { name = "*" }\n[[container.rule]]\n'
                              f'kind = "veth"\ninterface = "eth0"\nhost_name = "f2b{uuid.uuid4().hex[:6]}"\n')
@@ -292,7 +295,7 @@ def test_there_and_back_again(host: lab.LabHost, ct: NsContainer, tmp_path: Path
             events = [json.loads(ln) for ln in back.stdout.splitlines() if ln.startswith("{")]
             assert events and events[-1]["result"] == "migrated", (events[-1:], back.stderr[-2000:])
             home_pid = int(events[-1]["details"]["restored_pid"])
-            assert not proc.alive(there_pid), "the copy on the isolated host is gone"
+            assert not proc.alive(there_real, there_start), "the copy on the isolated host is gone"
             storage_here = sshd.remote_state / "storage"
             (home_root,) = [p / "0" for p in storage_here.iterdir()]
             before = len(dest_ticks(there_root))
@@ -318,3 +321,18 @@ def test_runs_are_independent(host: lab.LabHost) -> None:
     assert res.returncode == 0, res.stderr
     with contextlib.suppress(Exception):
         sys.stdout.flush()
+
+
+def test_check_judges_the_carried_root_where_it_will_be(host: lab.LabHost, ct: NsContainer, tmp_path: Path) -> None:
+    """`check --to` an isolated host: the container's root does not exist there yet (migrate carries it),
+    so the destination's policy is asked about the place the copy will go, as migrate asks it after the
+    carry; the check used to block on "container root refused: ...: No such file or directory"."""
+    rules = veth_rules(tmp_path, "ctlab0", "f2c" + uuid.uuid4().hex[:6])
+    p = subprocess.run([*CTCONSOLE, "check", f"tree:{ct.init_pid}", "--to", host.dest, "--rules", str(rules),
+                        "--json"], env=ctenv(tmp_path), capture_output=True, text=True, timeout=120)
+    report = json.loads(p.stdout)
+    policy = [f for f in report["findings"] if f["rule"] == "dest-policy"]
+    assert policy == [], policy
+    storage = [f for f in report["findings"] if f["rule"] == "dest-storage"]
+    assert storage and all(f["severity"] == "info" for f in storage), storage
+    assert report["verdict"] in ("no-known-blockers", "feasible"), (report["verdict"], report["findings"])

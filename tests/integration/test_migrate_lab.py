@@ -47,7 +47,7 @@ def test_lab_ns_container_to_lab_host(tmp_path: Path, labhost: Any) -> None:
     env = ctenv(tmp_path)
     assert c.init is not None
     rc, events, err = run_cli(["migrate", "ctlab-ns", "--to", f"netns:{labhost.netns}", "--rules", str(rules),
-                               "--source-netns", labhost.src_netns, "--probe", "link:eth0",
+                               "--probe", "link:eth0",
                                "--json"], env)
     assert events and events[-1]["result"] == "migrated", (events[-1:], err[-2000:])
     assert rc == 0
@@ -102,7 +102,7 @@ def test_lab_libvirt_lxc_with_console(tmp_path: Path, labhost2: Any) -> None:
     rules = _suggest("ctlab-lv", tmp_path)
     rules.write_text(rules.read_text().replace('path = "/meminfo"', f'path = "{meminfo}"'))
     _rc, events, err = run_cli(["migrate", "ctlab-lv", "--to", f"netns:{labhost2.netns}", "--rules", str(rules),
-                               "--source-netns", labhost2.src_netns, "--json"], ctenv(tmp_path))
+                               "--json"], ctenv(tmp_path))
     assert events and events[-1]["result"] == "migrated", (events[-1:], err[-2000:])
     sock = events[-1]["details"]["console_socket"]
     wait_ticks(container("ctlab-lv"), 20, timeout=15)  # survives libvirt's cleanup of the old domain
@@ -147,7 +147,7 @@ def _migrate_runtime(name: str, tmp_path: Path, host: Any, extra_rules: str = ""
     rules = _suggest(name, tmp_path, extra_rules)
     env = ctenv(tmp_path)
     rc, events, err = run_cli(["migrate", name, "--to", f"netns:{host.netns}", "--rules", str(rules),
-                               "--source-netns", host.src_netns, "--json"], env)
+                               "--json"], env)
     assert events and events[-1]["result"] == "migrated", (events[-1:], err[-2000:])
     assert rc == 0
     done = events[-1]["details"]
@@ -186,6 +186,17 @@ def test_lab_lxc_container_to_lab_host(tmp_path: Path, labhost2: Any) -> None:
     assert "vctlab-lxc" in link, link
     wait_ticks(c2, 10)
     assert_continuous(read_counter(c2))
+    # restored under the engine's own cgroup root (same kernel); once the copy ends, its keeper
+    # removes that root in every hierarchy: nothing empty is left behind (it used to leak one per
+    # hierarchy per migration)
+    assert c2.init is not None
+    made = sorted(Path("/sys/fs/cgroup").glob(f"*/ctconsole-ctlab-lxc-{_rec['migration_id']}"))
+    assert made and f":/ctconsole-ctlab-lxc-{_rec['migration_id']}" in Path(f"/proc/{c2.init.pid}/cgroup").read_text()
+    fresh("ctlab-lxc")  # ends the migrated copy (the lab restarts the container from scratch)
+    end = time.monotonic() + 10
+    while time.monotonic() < end and any(p.exists() for p in made):
+        time.sleep(0.1)
+    assert not [p for p in made if p.exists()]
 
 
 def test_lab_runc_container_to_lab_host(tmp_path: Path, labhost2: Any) -> None:
@@ -233,14 +244,10 @@ def test_documented_suggest_to_then_migrate_to(tmp_path: Path, suggest_host: str
     compiled the rules a second time) and refused with "needs remap rules".
     ctlab-lxc needs one rule (its veth: needs-rules without it). Run as an
     operator would: one environment (the lab's state dir) for all three
-    commands, and no ``--source-netns`` (the CLI asks the lab).
+    commands.
     """
-    from ctconsole.commands.migrate import source_netns_for
-    from ctconsole.lab import hosts
     from ctconsole.process import alive, start_time
 
-    host = next(h for h in hosts.list_hosts() if h.name == SUGGEST_HOST)
-    assert source_netns_for(suggest_host) == host.src_netns != ""
     c = fresh("ctlab-lxc")
     wait_ticks(c, 3)
     assert c.init is not None

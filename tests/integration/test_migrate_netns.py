@@ -10,6 +10,7 @@ the workload runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -121,3 +122,41 @@ def test_agent_hello_inventory_check(tmp_path: Path, counter: Any, nshost: Netns
         assert chk.verdict in ("feasible", "no-known-blockers", "needs-rules", "infeasible") and json.loads(chk.json)
     finally:
         ch.close()
+
+
+def test_cgroups_the_tree_does_not_own_are_not_dumped(tmp_path: Path, counter: Any, nshost: NetnsHost) -> None:
+    """A tree at "/" of a hierarchy does not carry that hierarchy's cgroups: CRIU is told to dump only the
+    hierarchies where the tree has a cgroup of its own, so what others made at "/" neither lengthens the
+    freeze nor gets recreated on the destination (a runc migration once froze 63 s on leaked cgroups)."""
+    own_h, root_h = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/pids")
+    if not own_h.is_dir() or not root_h.is_dir():
+        pytest.fail("needs the cgroup-v1 cpu and pids hierarchies")
+    tag = uuid.uuid4().hex[:8]
+    own, unrelated = own_h / f"ctt-own-{tag}", root_h / f"ctt-unrelated-{tag}"
+    own.mkdir()
+    unrelated.mkdir()
+    try:
+        # the tree gets a cpu cgroup of its own (as a runtime gives it), and sits at "/" in pids
+        (own / "cgroup.procs").write_text(str(counter.pid))
+        assert ":pids:/\n" in Path(f"/proc/{counter.pid}/cgroup").read_text()
+        env = ctenv(tmp_path)
+        rc, events, err = run_cli(["migrate", f"tree:{counter.pid}", "--to", nshost.dest, "--json"], env)
+        assert rc == 0 and events and events[-1]["result"] == "migrated", (events[-1:], err)
+        counter.wait_ticks(5)
+        assert_continuous(counter.ticks())
+        journal = tmp_path / "state" / "journal"
+        opts = [json.loads(x) for f in journal.glob("*.jsonl") for x in f.read_text().splitlines()
+                if '"options"' in x]
+        dumped = opts[-1]["dump"].get("cgroup_dump_controller", [])
+        assert "pids" not in dumped, dumped
+        logs = "".join(f.read_text(errors="replace") for f in journal.glob("*dump*.log"))
+        assert own.name in logs, "CRIU dumped the tree's own cgroup"
+        assert unrelated.name not in logs, "CRIU walked a cgroup the tree does not own"
+        restored = pids_running(str(counter.counter_file))
+        assert [own.name in Path(f"/proc/{p}/cgroup").read_text() for p in restored] == [True], restored
+    finally:
+        for pid in (own / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (own_h / "cgroup.procs").write_text(pid)
+        own.rmdir()
+        unrelated.rmdir()

@@ -252,6 +252,94 @@ def test_image_quota(env: dict[str, str], tmp_path: Path) -> None:
         assert "Traceback" not in d.close()
 
 
+def test_allowed_place_but_unsafe_way_refused(env: dict[str, str], tmp_path: Path) -> None:
+    """The default allows /tmp: a root-owned private dir there is still refused when another user owns one above it.
+
+    Like OpenSSH's StrictModes: alice owning ``/tmp/.../alice`` can rename the
+    root-owned ``rootfs`` (or ``share``, ``logs``) below it away and put her
+    own in its place between the check and the use.
+    """
+    alice = tmp_path / "alice"
+    for sub in ("rootfs", "share", "logs"):
+        (alice / sub).mkdir(parents=True, mode=0o755)
+    os.chown(alice, 65534, 65534)
+    d = Driver(env)
+    try:
+        prepare(d)
+        for opts, key in (({"root": str(alice / "rootfs")}, "restore.roots"),
+                          ({"external": [f"mnt[k]:{alice / 'share'}"]}, "restore.bind_sources")):
+            text = refused(restore(d, opts), key)
+            assert "owned by uid 65534" in text, text
+        rep = restore(d, inherit=[agent_pb2.InheritFd(key="file[1:2]", how="open-file", path=str(alice / "logs" / "x"),
+                                                      mode="append", perm=0o644)])
+        assert rep.WhichOneof("body") == "error" and "owned by uid 65534" in rep.error.message, rep
+        assert not (alice / "logs" / "x").exists()
+        # the same layout owned by root all the way is accepted by the policy (the restore then fails in CRIU)
+        os.chown(alice, 0, 0)
+        rep = restore(d, {"root": str(alice / "rootfs")})
+        assert rep.WhichOneof("body") == "error" and rep.error.code != "policy", rep
+    finally:
+        assert "Traceback" not in d.close()
+
+
+def test_restore_waits_no_longer_than_its_deadline(env: dict[str, str]) -> None:
+    """The slow random fuzz draw: after a prepare with a page server, a restore sat 60 s per request.
+
+    The agent waited for the page connection (a thread join, a futex wait)
+    while its keeper waited on its socket, until ``page_server_wait`` ran out,
+    whatever the restore's own timeout said. Now a page channel nobody
+    connected fails at once (the dump cannot have sent a page), and every
+    wait inside a restore ends by the restore's deadline.
+    """
+    from ctconsole.migrate import transport
+
+    a, b = Driver(env), Driver(env)
+    try:
+        rep = a.call("prepare", agent_pb2.PrepareRequest(migration_id=f"sec-{uuid.uuid4().hex[:8]}", page_server=True))
+        assert rep.prepare.page_socket, rep
+        rep = a.call("restore", agent_pb2.RestoreRequest(options_json="{}", timeout=600, page_server_wait=600),
+                     timeout=30)
+        assert rep.WhichOneof("body") == "error" and "never connected" in rep.error.message, rep
+        # connected, but no dump ever comes: the restore's 3 s bound the wait for the last pages
+        rep = b.call("prepare", agent_pb2.PrepareRequest(migration_id=f"sec-{uuid.uuid4().hex[:8]}", page_server=True))
+        link = transport.open_page_link(rep.prepare.page_socket)
+        try:
+            rep = b.call("restore", agent_pb2.RestoreRequest(options_json="{}", timeout=3, page_server_wait=600),
+                         timeout=30)
+            assert rep.WhichOneof("body") == "error" and rep.error.code != "internal", rep
+            assert "within 3 s" in rep.error.message, rep.error.message
+        finally:
+            link.close()
+    finally:
+        assert "Traceback" not in b.close()
+        assert "Traceback" not in a.close()
+    assert not list((Path(env["CTCONSOLE_STATE_DIR"]) / "images").glob("*")), "images left behind"
+
+
+def test_restore_waits_are_finite_and_a_session_restores_once(env: dict[str, str]) -> None:
+    """Waits the peer asks for are bounded, and one session runs one restore.
+
+    A restore ``timeout`` of infinity (or 1e300) reached ``settimeout`` as sent: an ``internal``
+    error (and a traceback in the agent's log) after the keeper already had the request. A second
+    restore after one that ran would start a second keeper (and, post-copy, a second lazy-pages
+    daemon) while rollback only knows the first attempt's partly restored root.
+    """
+    for kw in ({"timeout": float("inf")}, {"timeout": 1e300, "page_server_wait": float("nan"),
+                                           "probe_timeout": float("inf")}):
+        d = Driver(env)
+        try:
+            prepare(d)
+            rep = d.call("restore", agent_pb2.RestoreRequest(options_json="{}", **kw), timeout=200)
+            assert rep.WhichOneof("body") == "error" and rep.error.code not in ("internal", "state"), rep
+            rep = restore(d)
+            assert rep.WhichOneof("body") == "error" and rep.error.code == "state", rep
+            assert "already ran" in rep.error.message, rep.error
+        finally:
+            err = d.close()
+        assert "Traceback" not in err, err[-3000:]
+    assert not list((Path(env["CTCONSOLE_STATE_DIR"]) / "images").glob("*")), "images left behind"
+
+
 # -- sessions, ids, kills --------------------------------------------------------------------------
 def test_abort_of_another_live_session_refused(env: dict[str, str]) -> None:
     """``abort(other_id)`` deleted another live session's images; prepare reused a locked id."""
@@ -270,6 +358,24 @@ def test_abort_of_another_live_session_refused(env: dict[str, str]) -> None:
         a.close()
 
 
+def test_commit_of_another_live_session_refused(env: dict[str, str]) -> None:
+    """``commit(other_id)`` while the session that owns the id lives: refused, its record left alone (a
+    commit continues a held tree and drops the record: only the owner, or recovery after it died, may)."""
+    a, b = Driver(env), Driver(env)
+    try:
+        mid = prepare(a)
+        pend = Path(env["CTCONSOLE_RUN_DIR"]) / "agent-pending"
+        pend.mkdir(parents=True, mode=0o700, exist_ok=True)
+        rec = pend / f"{mid}.json"  # as if a's restore had run and written its record
+        rec.write_text(json.dumps({"pid": 0, "start": 0, "links": [], "time": time.time()}))
+        rep = b.call("commit", agent_pb2.CommitRequest(migration_id=mid))
+        assert rep.WhichOneof("body") == "error" and rep.error.code == "state" and "in use" in rep.error.message, rep
+        assert rec.exists()
+    finally:
+        b.close()
+        a.close()
+
+
 def test_pending_record_id_cannot_be_prepared_again(env: dict[str, str]) -> None:
     """prepare reused an id whose pending record existed, and deleted the record on exit."""
     mid = f"sec-{uuid.uuid4().hex[:8]}"
@@ -283,6 +389,29 @@ def test_pending_record_id_cannot_be_prepared_again(env: dict[str, str]) -> None
     finally:
         d.close()
     assert (pend / f"{mid}.json").exists()
+
+
+def test_a_refused_prepare_keeps_no_lock(env: dict[str, str]) -> None:
+    """A prepare refused for a stale images directory kept the id locked (and its fd) for the session's life.
+
+    Recovery (another session) could then not abort that id to clean the stale directory while the
+    first session lived, and a later prepare of another id leaked the first lock's fd.
+    """
+    mid = f"sec-{uuid.uuid4().hex[:8]}"
+    images = Path(env["CTCONSOLE_STATE_DIR"]) / "images"
+    images.mkdir(parents=True, mode=0o700, exist_ok=True)
+    (images / mid).mkdir(mode=0o700)  # left by an agent that died
+    a, b = Driver(env), Driver(env)
+    try:
+        rep = a.call("prepare", agent_pb2.PrepareRequest(migration_id=mid))
+        assert rep.WhichOneof("body") == "error" and "already exists" in rep.error.message, rep
+        rep = b.call("abort", agent_pb2.AbortRequest(migration_id=mid))  # a is still alive
+        assert rep.WhichOneof("body") == "abort", rep
+        assert any(mid in c for c in rep.abort.cleaned) and not (images / mid).exists(), rep
+        prepare(a)  # the session goes on with another id
+    finally:
+        assert "Traceback" not in b.close()
+        assert "Traceback" not in a.close()
 
 
 def test_kills_check_the_start_time(env: dict[str, str]) -> None:

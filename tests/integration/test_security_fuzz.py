@@ -5,8 +5,14 @@ each session: no file outside the agent's own directories (the bait paths the
 requests aim at stay absent or untouched), no process other than CRIU, the
 keeper (python) and the agent's own ``ip`` queries, no ``internal`` error and
 no traceback. The count is bounded (``CTCONSOLE_FUZZ_EXAMPLES``, default 30). The suite runs the
-same derandomized sequences every time (a random draw with several slow restores could outlast the
-test timeout); ``CTCONSOLE_FUZZ_RANDOM=1`` explores new ones.
+same derandomized sequences every time (reproducible); ``CTCONSOLE_FUZZ_RANDOM=1`` explores new ones.
+
+A random draw once strung together restores that each waited 60 s: a ``prepare`` with a page
+server nobody connected, then a restore, and the agent waited ``page_server_wait`` for the page
+connection (a thread join) while its keeper idled, whatever the restore's timeout said. Every wait
+in a restore now ends by the restore's deadline, and an unconnected page channel fails at once
+(test_security_attacks.py::test_restore_waits_no_longer_than_its_deadline); restores here ask for
+``page_server_wait`` 600 s with a 5 s timeout, and post-copy's lazy channel is in the mix.
 """
 
 from __future__ import annotations
@@ -63,15 +69,18 @@ inherits = st.lists(st.just(allowed_file) | st.builds(
     mode=st.sampled_from(["append", "write", "read", "readwrite", "x"]),
     perm=st.sampled_from([-1, 0o644, 0o666, 0o6777, 0o4755, 0o100000])), max_size=2)
 
-restores = st.builds(lambda o, inh, argv, pn, hold: ("restore", agent_pb2.RestoreRequest(
-    options_json=o, inherit=inh, probe_argv=argv, probe_name=pn, hold=hold, timeout=5)),
+restores = st.builds(lambda o, inh, argv, pn, hold, lazy, psw: ("restore", agent_pb2.RestoreRequest(
+    options_json=o, inherit=inh, probe_argv=argv, probe_name=pn, hold=hold, timeout=5, lazy=lazy,
+    page_server_wait=psw, lazy_address="127.0.0.1" if lazy and psw else "")),
     options, inherits, st.sampled_from([[], [], [], ["touch", f"{BAIT}/probe-ran"], ["sh", "-c", "id"]]),
-    st.sampled_from(["", "", "", "sh", "link:eth0", "link:a]b"]), st.booleans())
+    st.sampled_from(["", "", "", "sh", "link:eth0", "link:a]b"]), st.booleans(),
+    st.sampled_from([False, False, True]), st.sampled_from([0.0, 600.0]))
 requests = st.one_of(
     restores,
     st.builds(lambda: ("hello", agent_pb2.Hello(protocol=1))),
-    st.builds(lambda i, ps: ("prepare", agent_pb2.PrepareRequest(migration_id=i, page_server=ps)), ids,
-              st.booleans()),
+    st.builds(lambda i, ps, lz: ("prepare", agent_pb2.PrepareRequest(migration_id=i, page_server=ps,
+                                                                       lazy_pages=lz)), ids,
+              st.booleans(), st.sampled_from([False, False, True])),
     st.builds(lambda n, o, d, last, r: ("file", agent_pb2.FileChunk(name=n, offset=o, data=d, last=last, round=r)),
               names, st.sampled_from([0, 0, 5, 1 << 40]), st.binary(max_size=64), st.booleans(),
               st.sampled_from([0, 0, 1, 7])),

@@ -133,10 +133,18 @@ async def press_shown(pilot: Pilot, key: str) -> None:
 
 @pytest.fixture
 def ui_host(lab, needs_root: None) -> Iterator[str]:
-    """A lab host of this test's own (removed after), and ctlab-ns restarted from scratch afterwards."""
+    """A lab host of this test's own (removed after), and ctlab-ns restarted from scratch before and after.
+
+    Why before too: the shared ctlab-ns may have been left migrated, restored elsewhere or half-dumped by
+    another session (a disturbed lab made this test fail with CRIU dump errors that had nothing to do
+    with the console); a fresh one, counting again, is the same starting point every run.
+    """
     from ctconsole.lab import hosts as lab_hosts
 
+    lab_fixtures.fresh(NS_CONTAINER)
     name = f"ui{os.getpid() % 100000}"
+    if name in {h.name for h in lab_hosts.list_hosts()}:  # left over by an interrupted run of this pid
+        lab_hosts.delete(name)
     host = lab_hosts.add(name)
     try:
         yield f"netns:{host.netns}"

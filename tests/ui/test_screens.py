@@ -303,7 +303,7 @@ async def test_migration_runs_to_migrated(fake: FakeBackend, make_app) -> None:
         assert len(screen.state.rounds) == 3 and screen.state.final is not None  # the final dump is no round
         assert screen.query_one("#bar").percentage == 1.0
         stats = text_of(screen.query_one("#mig-stats", Static))
-        assert "linked 6.0 MiB  100%" in stats and "0 B" not in stats
+        assert "linked  6.0 MiB  100% (no copy)" in stats and "0 B" not in stats
         assert any(c.startswith("migrate:lxc/db:netns:ctlab-dst") for c in fake.calls)
         await pilot.press("t")
         await wait_for(pilot, lambda: isinstance(app.screen, TroubleshootScreen))
@@ -404,8 +404,8 @@ async def test_troubleshoot_log_and_history(make_app) -> None:
         assert "Error" in screen.lines[ol.highlighted]
         await pilot.press("right_square_bracket")
         table = screen.query_one("#history", DataTable)
-        assert table.row_count == 3
-        await pilot.press("enter")  # first entry has a log
+        assert table.row_count == 4
+        await pilot.press("down", "enter")  # the second entry has a log
         await pilot.press("escape")
         assert isinstance(app.screen, ContainersScreen)
 

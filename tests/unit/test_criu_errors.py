@@ -51,6 +51,7 @@ LINES = [
     ("Error (criu/sk-netlink.c:133): netlink: The netlink socket 0x1f has more than 32 groups", "netlink-socket"),
     ("Error (criu/sk-packet.c:71): packet: Multiple MC membership not supported (but can be)", "packet-socket"),
     ("(00.03) Error (criu/cr-dump.c:389): Can't get rlimit 0: Operation not permitted", "creds-rlimit"),
+    ("(00.03) Error (criu/cr-dump.c:1584): Dump core (pid: 1986) failed with -1", "summary"),
     ("Error (criu/sk-inet.c:185): inet: In-flight connection (l) for 1b2c", "tcp-in-flight"),
     ("12873: Error (criu/sk-inet.c:912): inet: Connected TCP socket in image", "tcp-established"),
 ]

@@ -106,6 +106,16 @@ def test_session_not_leader_sets_shell_job() -> None:
     assert f.severity == "auto" and f.dump == {"shell_job": True} and f.restore == {"shell_job": True}
 
 
+def test_session_outside_own_pidns_blocks() -> None:
+    """unshare --pid --fork CMD without setsid: the session id is 0 inside, CRIU refuses (cr-dump.c)."""
+    c = ct(processes=(proc(sid=42, nspid=1),), own_namespaces=("pid",))
+    (f,) = by_rule(c, "session")
+    assert f.severity == "blocker" and not f.dump and "setsid" in f.remedy
+    # a leader inside the namespace is fine, and so is one outside a tree without its own pid namespace
+    assert not by_rule(replace(c, processes=(proc(sid=100, nspid=1),)), "session")
+    assert by_rule(replace(c, own_namespaces=()), "session")[0].severity == "auto"
+
+
 def test_pidns_init() -> None:
     c = ct(processes=(proc(nspid=7),), own_namespaces=("pid",))
     assert by_rule(c, "pidns-init")[0].severity == "blocker"
@@ -470,7 +480,8 @@ def test_host_checks_with_fake_probes() -> None:
     assert {"criu-version", "criu-kernel-inet"} <= {f.rule for f in old.findings if f.severity == "blocker"}
     remote = check(c, probe=FakeProbe(), dest="netns:x", dest_probe=FakeProbe((4, 2, 0), cpu_ok=False, paths=False))
     rules = {f.rule for f in remote.findings if f.severity == "blocker"}
-    assert {"criu-version", "cpu", "rootfs"} <= rules
+    assert {"criu-version", "cpu"} <= rules and "rootfs" not in rules  # migrate carries a missing root
+    assert "rootfs" in {f.rule for f in remote.findings if f.severity == "info"}
     assert check(c, probe=FakeProbe(check_ok=False)).verdict == "infeasible"
 
 

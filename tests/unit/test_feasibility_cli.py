@@ -95,3 +95,16 @@ def test_trial_error_predicted_by_needs_rule_is_not_a_blocker() -> None:
     ]
     out = _reconcile(static, trial)
     assert [f.severity for f in out] == ["info", "blocker"]
+
+
+def test_migrate_malformed_dest_exit_2_before_anything(capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """`migrate --to ftp://x` is bad usage: exit 2 with the accepted forms, before the container is
+    looked up, the journal is touched or anything is checked (it used to print the feasibility
+    findings and exit 1, as if the container were the problem)."""
+    monkeypatch.setenv("CTCONSOLE_STATE_DIR", str(tmp_path / "state"))
+    assert cli.main(["migrate", "missing", "--to", "ftp://elsewhere"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown destination" in err and "ssh://" in err
+    assert "no container matches" not in err
+    assert not (tmp_path / "state").exists()

@@ -267,3 +267,19 @@ def test_destination_conflicts_rules() -> None:
     assert same.asked["ports"] == [("tcp", "0.0.0.0", 8080)]
     assert same.asked["pids"] == [] and same.asked["cgroups"] == []
     assert destination_conflicts(c, {}, same, "netns:lab", "d") == []
+
+
+def test_lock_on_a_filesystem_the_destination_shares_blocks() -> None:
+    """sqlite3 in a write transaction, to a netns host: CRIU's restore waits for the lock (F_SETLKW)
+    the frozen source still holds; found in the static check migrate itself runs (hosts=False)."""
+    from ctconsole.feasibility.conflicts import shared_locks
+    from ctconsole.model import OpenFile
+
+    c = ct(files=(OpenFile(path="/data/db", mnt_id=1, inode=2, locked=True),), own_namespaces=("mnt",))
+    (f,) = shared_locks(c, "netns:h", "destination:netns:h")
+    assert f.severity == "blocker" and "/data/db" in f.message and "--isolated" in f.remedy
+    assert not shared_locks(c, "ssh://far", "destination:ssh://far")  # its own filesystems: a copy
+    assert not shared_locks(ct(), "netns:h", "destination:netns:h")  # nothing locked
+    report = check(c, dest="netns:h", hosts=False)
+    assert "dest-lock-shared" in {x.rule for x in report.findings} and report.verdict == "infeasible"
+    assert "dest-lock-shared" not in {x.rule for x in check(c, hosts=False).findings}

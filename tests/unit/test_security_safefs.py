@@ -119,6 +119,28 @@ def test_dir_problem(area: Path, tmp_path: Path, resolver: str) -> None:
     assert "not a directory" in safefs.dir_problem("/etc/hostname", root_owned=True, no_write=0o022)
 
 
+def test_the_whole_way_must_be_roots(area: Path, tmp_path: Path, resolver: str) -> None:
+    """StrictModes: a root-owned private directory is not enough when someone else owns a directory above it."""
+    alice = tmp_path / "alice"
+    (alice / "logs").mkdir(parents=True, mode=0o755)
+    os.chmod(alice, 0o755)
+    assert safefs.ancestors_problem(str(alice / "logs" / "x")) == ""
+    assert safefs.dir_problem(str(alice / "logs"), root_owned=True, no_write=0o022) == ""
+    os.chown(alice, 65534, 65534)  # alice could rename logs away and put her own in its place
+    why = safefs.ancestors_problem(str(alice / "logs" / "x"))
+    assert f"{alice} (on the way to" in why and "owned by uid 65534" in why
+    assert "owned by uid 65534" in safefs.dir_problem(str(alice / "logs"), root_owned=True, no_write=0o022)
+    with pytest.raises(UnsafePath, match="owned by uid 65534"):
+        safefs.open_file(str(alice / "logs" / "x"), APPEND, 0o644, Ledger())
+    assert not (alice / "logs" / "x").exists()
+    os.chown(alice, 0, 0)
+    os.chmod(alice, 0o777)  # world-writable, not sticky: anyone may rename what is in it
+    assert "writable by others and not sticky" in safefs.ancestors_problem(str(alice / "logs" / "x"))
+    os.chmod(alice, 0o1777)  # sticky, like /tmp: others cannot rename or remove root's entries
+    assert safefs.ancestors_problem(str(alice / "logs" / "x")) == ""
+    os.close(safefs.open_file(str(alice / "logs" / "x"), APPEND, 0o644, Ledger()))
+
+
 # -- config.private_dir: CTCONSOLE_*_DIR in shared places -------------------------------------
 def test_private_dir_refuses_symlinks_and_foreign_dirs(tmp_path: Path, needs_root: None) -> None:
     os.chmod(tmp_path, 0o755)
@@ -140,3 +162,24 @@ def test_private_dir_refuses_symlinks_and_foreign_dirs(tmp_path: Path, needs_roo
     sticky.mkdir()
     os.chmod(sticky, 0o1777)
     assert private_dir(sticky / "mine") == sticky / "mine"  # like /tmp: sticky and world-writable is fine above
+
+
+def test_the_kernels_dev_files_open_as_they_are_never_created() -> None:
+    """/dev/null, /dev/zero, /dev/full (what `rules suggest` hands over for stdio left on them) are opened as
+    the kernel's devices, never created, never recorded for removal; the rules side allows the same set."""
+    import stat as _stat
+
+    from ctconsole.agent import policy as pol
+    from ctconsole.remap.safety import SAFE_DEV_FILES
+
+    assert set(safefs.DEV_FILES) == set(SAFE_DEV_FILES)
+    ledger = safefs.Ledger()
+    fd = safefs.open_file("/dev/null", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666, ledger)
+    try:
+        st = os.fstat(fd)
+        assert _stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 3)
+    finally:
+        os.close(fd)
+    assert ledger.files == []
+    assert pol.check_inherit(pol.Policy(), "open-file", "/dev/null", 0o666) == []
+    assert pol.check_inherit(pol.Policy(), "open-file", "/dev/tty", 0o666)  # any other device: refused

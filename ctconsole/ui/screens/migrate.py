@@ -32,7 +32,7 @@ from textual.widgets import (
 )
 from textual.worker import Worker
 
-from ctconsole.commands.destinations import Destination, reach_word
+from ctconsole.commands.destinations import Destination, reach_rank, reach_word
 from ctconsole.migrate import events as ev
 from ctconsole.model import Container
 from ctconsole.ui import keymap
@@ -66,14 +66,17 @@ def ago(seconds: float) -> str:
 
 
 def dest_prompt(d: Destination) -> Text:
-    """One picker line: DEST, then (dim) its kind, whether it answers, and when it was last used."""
-    t = Text(d.dest)
+    """One picker line: DEST, then (dim) its kind, whether it answers, when it was last used, and why it is down
+    (last: at 80 columns a long reason is what gets cut; one line each, so the 5-line picker shows 5 of them)."""
+    t = Text(d.dest, no_wrap=True, overflow="ellipsis")
     used = f"used {ago(time.time() - d.last_used)}" if d.last_used else ""
     reach = reach_word(d)
     t.append(f"  {d.kind}", style="dim")
     t.append(f"  {reach}", style="bold red" if d.reachable is False else "dim")
     if used:
         t.append(f"  {used}", style="dim")
+    if d.reachable is False and d.why:
+        t.append(f"  {d.why}", style="red")
     return t
 
 
@@ -167,12 +170,16 @@ class MigrateScreen(BaseScreen):
         self.post_message(DestinationsLoaded(self.backend.destinations(hosts)))
 
     def on_destinations_loaded(self, message: DestinationsLoaded) -> None:
-        """Known destinations, the ones used this session first (then the journal's order)."""
+        """Known destinations: the ones that answer first, and among them the ones used this session first (the
+        latest first), then the core's order (last used first); the ones that are down come after, with why."""
         used = self.console.used_dests
         found = {d.dest: d for d in message.destinations}
         for dest in used:
             found.setdefault(dest, Destination(dest, "used"))
-        self.destinations = [*(found[d] for d in used), *(d for d in found.values() if d.dest not in used)]
+        order = {d: n for n, d in enumerate(used)}
+        self.destinations = sorted(
+            found.values(), key=lambda d: (reach_rank(d), order.get(d.dest, len(order)))
+        )  # stable: the core's order within each group
         self.filter_destinations()
 
     def filter_destinations(self) -> None:
@@ -409,14 +416,15 @@ class MigrateScreen(BaseScreen):
         survived = done.source_survived
         t.append(f"\n{'✔' if survived or done.migrated else '✘'} {source_sentence(done)}",
                  style="bold" if survived is False else "")
-        for err in done.errors[:3]:
-            t.append(f"\n✗ {err}", style=theme_color(self.app, "error"))
-            if why := self.backend.explain(err):
-                t.append(f"\n  {why}", style="italic")
+        # what to do next before CRIU's errors: at 80x24 the box shows ~7 lines, and `t` has every error
         if done.migrated:
             t.append(f"\n→ enter: show {self.container.name} on {self.dest_used}")
         for step in NEXT_STEPS.get(done.result, ()):
             t.append(f"\n→ {step}")
+        for err in done.errors[:3]:
+            t.append(f"\n✗ {err}", style=theme_color(self.app, "error"))
+            if why := self.backend.explain(err):
+                t.append(f"\n  {why}", style="italic")
         outcome = self.query_one("#outcome", Static)
         outcome.update(t)
         outcome.display = True

@@ -81,7 +81,7 @@ class ReportScreen(BaseScreen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.title = f"Feasibility: {self.container.name}"
+        self.title = f"Check {self.container.name}"  # short: the subtitle (destination, rules file) must fit in 80
         self.dest = self.dest or self.console.dest_for.get(self.console.container_key(self.container), "")
         self._show_context()
         self.query_one("#options-box").border_title = "CRIU options that will be used"

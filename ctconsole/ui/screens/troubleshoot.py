@@ -3,9 +3,16 @@
 Why explanations beside the log: CRIU's errors name source files and option
 flags; ``ctconsole.criu.errors.explain`` turns each into a sentence about
 what to change, shown for the highlighted line (``n`` walks the errors).
+
+The history is the journal's own :class:`~ctconsole.migrate.journal.Summary`
+(what ``ctconsole history`` prints): the table holds what fits in 80 columns,
+the panel under it the selected migration's result and message word for word
+(e.g. "unresolved: destination unreachable (...)", or what became of the source).
 """
 
 from __future__ import annotations
+
+import time
 
 from rich.text import Text
 from textual import on, work
@@ -13,11 +20,14 @@ from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Header, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
+from ctconsole.migrate.journal import Summary
 from ctconsole.ui import keymap
-from ctconsole.ui.backend import HistoryEntry
 from ctconsole.ui.messages import HistoryLoaded, LogLoaded
 from ctconsole.ui.screens.base import BaseScreen
 from ctconsole.ui.widgets.render import plain, theme_color
+
+#: the colour of each ``Summary.result`` (the others, e.g. unfinished, in the foreground colour)
+RESULT_COLORS = {"migrated": "success", "rolled-back": "warning", "failed": "error", "unresolved": "error"}
 
 
 def is_error(line: str) -> bool:
@@ -33,7 +43,9 @@ class TroubleshootScreen(BaseScreen):
         self.log_path = log_path
         self.lines: list[str] = []
         self.explanations: dict[int, str] = {}
-        self.entries: list[HistoryEntry] = []
+        self.entries: list[Summary] = []
+        self.logs: list[str] = []  # the log each entry opens ("" when none)
+        self._opened = False  # the operator opened a history entry: show its log when it arrives
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -55,6 +67,7 @@ class TroubleshootScreen(BaseScreen):
                 ):
                     t.add_column(label, key=label.lower(), width=w)
                 yield t
+                yield Static("no migrations yet", id="history-note", classes="why-panel", markup=False)
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -67,7 +80,8 @@ class TroubleshootScreen(BaseScreen):
     # --------------------------------------------------------------- workers
     @work(thread=True, exclusive=True, exit_on_error=False, group="history")
     def load_history(self) -> None:
-        self.post_message(HistoryLoaded(self.backend.history()))
+        entries = self.backend.history()
+        self.post_message(HistoryLoaded(entries, [self.backend.history_log(e) for e in entries]))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="log")
     def load_log(self, path: str) -> None:
@@ -81,23 +95,41 @@ class TroubleshootScreen(BaseScreen):
         self.post_message(LogLoaded(path, lines, explanations))
 
     def on_history_loaded(self, message: HistoryLoaded) -> None:
-        self.entries = message.entries
+        self.entries, self.logs = message.entries, message.logs
         table = self.query_one("#history", DataTable)
         table.clear()
         for n, e in enumerate(self.entries):
-            color = {"migrated": "success", "rolled-back": "warning", "failed": "error"}.get(e.result, "foreground")
             table.add_row(
-                plain(e.started[5:] if e.started[:4].isdigit() and e.started[4:5] == "-" else e.started),
-                *(plain(x) for x in (e.container, e.dest, e.strategy.split("/")[0])),
-                Text(e.result, style=theme_color(self.app, color)),
-                plain(f"{e.downtime_ms:.0f}ms" if e.downtime_ms is not None else "—"),
+                plain(time.strftime("%m-%d %H:%M", time.localtime(e.started)) if e.started else "—"),
+                *(plain(x) for x in (e.name or e.container, e.dest, e.strategy.split("/")[0])),
+                Text(e.result, style=theme_color(self.app, RESULT_COLORS.get(e.result, "foreground"))),
+                plain(f"{e.downtime * 1000:.0f}ms" if isinstance(e.downtime, int | float) else "—"),
                 key=str(n),
             )
+        self.show_note(table.cursor_row if self.entries else -1)
         if not self.log_path and self.entries:
-            first = next((e for e in self.entries if e.log_path), None)
-            if first is not None:
-                self.log_path = first.log_path
-                self.load_log(first.log_path)
+            first = next((log for log in self.logs if log), "")
+            if first:
+                self.log_path = first
+                self.load_log(first)
+
+    def show_note(self, row: int) -> None:
+        """The selected migration as ``ctconsole history`` tells it: result, downtime, message, errors."""
+        note = self.query_one("#history-note", Static)
+        if not 0 <= row < len(self.entries):
+            note.update("no migrations yet")
+            return
+        e = self.entries[row]
+        down = f"{e.downtime * 1000:.0f} ms" if isinstance(e.downtime, int | float) else "-"
+        t = Text()
+        t.append(e.result, style=f"bold {theme_color(self.app, RESULT_COLORS.get(e.result, 'foreground'))}")
+        t.append(f"  downtime {down}  {e.id}\n", style="dim")
+        t.append(e.message or "(no message)")
+        if e.errors:
+            t.append(f"\n{len(e.errors)} error(s): {e.errors[0]}", style=theme_color(self.app, "error"))
+        if not self.logs[row]:
+            t.append("\nno log kept", style="dim")
+        note.update(t)
 
     def on_log_loaded(self, message: LogLoaded) -> None:
         self.lines = message.lines
@@ -118,8 +150,13 @@ class TroubleshootScreen(BaseScreen):
         first_err = next((n for n, ln in enumerate(self.lines) if is_error(ln)), 0)
         if self.lines:
             ol.highlighted = first_err
-        self.query_one("#trouble-tabs", TabbedContent).active = "tab-log"
-        ol.focus()
+        tabs = self.query_one("#trouble-tabs", TabbedContent)
+        if self._opened or tabs.active == "tab-log":
+            # a log loaded in the background never pulls the operator off the history tab
+            self._opened = False
+            tabs.active = "tab-log"
+            ol.focus()
+            self.refresh_bindings()
 
     # ---------------------------------------------------------------- events
     @on(OptionList.OptionHighlighted, "#log-lines")
@@ -137,6 +174,10 @@ class TroubleshootScreen(BaseScreen):
             )
         else:
             panel.update(Text("n: next Error line", style="dim"))
+
+    @on(DataTable.RowHighlighted, "#history")
+    def _entry_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_note(event.cursor_row)
 
     @on(DataTable.RowSelected, "#history")
     def _entry(self, event: DataTable.RowSelected) -> None:
@@ -185,9 +226,10 @@ class TroubleshootScreen(BaseScreen):
         table = self.query_one("#history", DataTable)
         if not self.entries or not table.row_count:
             return
-        e = self.entries[table.cursor_row]
-        if not e.log_path:
+        e, log = self.entries[table.cursor_row], self.logs[table.cursor_row]
+        if not log:
             self.notify(f"migration {e.id} kept no log", severity="warning", timeout=3, markup=False)
             return
-        self.log_path = e.log_path
-        self.load_log(e.log_path)
+        self.log_path = log
+        self._opened = True
+        self.load_log(log)

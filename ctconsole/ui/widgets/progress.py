@@ -10,6 +10,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from ctconsole.migrate.events import Transfer
 from ctconsole.ui.backend import MigrationState
 from ctconsole.ui.widgets.render import theme_color
 
@@ -62,36 +63,40 @@ KIND_WORDS = {"linked": "linked", "copied": "copied", "streamed": "sent", "stora
 
 
 class MigrationStats(Static):
-    """Bytes per transfer kind, rate, ETA, frozen time and pre-copy rounds.
+    """Bytes per transfer kind, rate and ETA, frozen time and pre-copy rounds.
 
     Why per kind: images hard-linked on a shared filesystem move no bytes, so
-    "sent 0 B" was a lie; each kind is named for what happened to the bytes.
+    "sent 0 B" was a lie; each kind is named for what happened to the bytes,
+    with the share of its step done (every kind that finished says 100%).
     """
 
     def show(self, state: MigrationState) -> None:
         t = Text()
         cur = state.transfer
+        latest: dict[str, Transfer] = {tr.kind: tr for tr in state.transfers}  # the newest step of each kind
         kinds = state.bytes_by_kind()
         if not kinds:
-            t.append("moved  ", style="bold")
+            t.append("moved   ", style="bold")
             t.append("—\n")
-        for kind, n in kinds[-2:]:
-            t.append(f"{KIND_WORDS.get(kind, kind):<7}", style="bold")
+        for kind, n in kinds[-3:]:  # linked and streamed never both: at most storage, copied and one of them
+            t.append(f"{KIND_WORDS.get(kind, kind):<8}", style="bold")
             line = human_bytes(n)
-            if cur is not None and cur.kind == kind and cur.total:
-                line += f" / {human_bytes(cur.total)}" if not cur.finished else ""
-                line += f"  {100 * (cur.fraction or 0):.0f}%"
+            last = latest[kind]
+            if last.total:
+                line += f" / {human_bytes(last.total)}" if not last.finished else ""
+                line += f"  {100 * (last.fraction or 0):.0f}%"
             if kind == "linked":
                 line += " (no copy)"
             t.append(line + "\n")
-        t.append("rate   ", style="bold")
-        rate = cur.rate if cur is not None and cur.rate > 0 and not cur.finished else 0.0
-        t.append(f"{human_bytes(rate)}/s\n" if rate else "—\n")
-        t.append("ETA    ", style="bold")
-        t.append(f"{human_time(cur.eta if cur is not None and not cur.finished else None)}\n")
-        t.append("frozen ", style="bold")
+        t.append("rate    ", style="bold")
+        moving = cur is not None and not cur.finished
+        rate = cur.rate if cur is not None and moving and cur.rate > 0 else 0.0
+        t.append(f"{human_bytes(rate)}/s" if rate else "—")
+        t.append("  ETA ", style="bold")
+        t.append(f"{human_time(cur.eta if cur is not None and moving else None)}\n")
+        t.append("frozen  ", style="bold")
         t.append(f"{human_time(state.frozen)}\n")
-        t.append("rounds ", style="bold")
+        t.append("rounds  ", style="bold")
         rounds = " ".join(f"{r.round}:{pages(r.pages_written)}" for r in state.rounds[-3:])
         if state.final is not None:  # the final dump is not a round: named apart
             rounds = (rounds + " " if rounds else "") + f"final:{pages(state.final.pages_written)}"
