@@ -87,25 +87,32 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=600)
 
 
+def launch_in_pidns(script_argv: list[str], ready: Callable[[], bool],
+                    timeout: float = 120.0) -> tuple[subprocess.Popen[bytes], int]:
+    """Run ``python -S SCRIPT ARGS`` as pid 1 of its own pid namespace (``unshare --pid --fork``); wait until
+    ``ready()``. Returns the launcher (reaped by a thread) and the workload's pid here."""
+    launcher = subprocess.Popen(
+        ["unshare", "--pid", "--fork", sys.executable, "-S", *script_argv],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True)
+    threading.Thread(target=launcher.wait, daemon=True).start()  # reap promptly
+    end = time.monotonic() + timeout
+    pid = 0
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()[0])
+        if pid and ready():
+            return launcher, pid
+        time.sleep(0.05)
+    raise RuntimeError("workload did not start")
+
+
 class Workload:
     def __init__(self, d: Path, mib: int) -> None:
         self.ticks = d / f"ticks-{uuid.uuid4().hex[:6]}"
         (d / "w.py").write_text(WORKLOAD)
-        self.launcher = subprocess.Popen(
-            ["unshare", "--pid", "--fork", sys.executable, "-S", str(d / "w.py"), str(self.ticks), str(mib)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, close_fds=True)
-        threading.Thread(target=self.launcher.wait, daemon=True).start()  # reap promptly
-        end = time.monotonic() + 120
-        self.pid = 0
-        while time.monotonic() < end:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                kids = Path(f"/proc/{self.launcher.pid}/task/{self.launcher.pid}/children").read_text().split()
-                self.pid = int(kids[0])
-            if self.pid and self.count() > 5:
-                return
-            time.sleep(0.05)
-        raise RuntimeError("workload did not start")
+        self.launcher, self.pid = launch_in_pidns([str(d / "w.py"), str(self.ticks), str(mib)],
+                                                  lambda: self.count() > 5)
 
     def lines(self) -> list[tuple[int, float]]:
         out = []
@@ -402,22 +409,9 @@ class UdpWorkload:
         self.ticks = UdpTicks(netns)
         self.marker = f"ctbw-{uuid.uuid4().hex[:8]}"
         (d / f"{self.marker}.py").write_text(UDP_WORKLOAD)
-        self.launcher = subprocess.Popen(
-            ["unshare", "--pid", "--fork", sys.executable, "-S", str(d / f"{self.marker}.py"), "127.0.0.1",
-             str(self.ticks.port), str(mib)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, close_fds=True)
-        threading.Thread(target=self.launcher.wait, daemon=True).start()
-        end = time.monotonic() + 120
-        self.pid = 0
-        while time.monotonic() < end:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                kids = Path(f"/proc/{self.launcher.pid}/task/{self.launcher.pid}/children").read_text().split()
-                self.pid = int(kids[0])
-            if self.pid and self.ticks.count() > 5:
-                return
-            time.sleep(0.05)
-        raise RuntimeError("workload did not start")
+        self.launcher, self.pid = launch_in_pidns(
+            [str(d / f"{self.marker}.py"), "127.0.0.1", str(self.ticks.port), str(mib)],
+            lambda: self.ticks.count() > 5)
 
     def continuous(self) -> bool:
         ns = sorted(n for n, _ in self.ticks.got)

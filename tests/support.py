@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 COUNTER_SRC = r"""
 import os, sys, time
@@ -107,3 +108,22 @@ def wait_gone(pid: int, timeout: float = 10.0) -> None:
             pass
         time.sleep(0.02)
     raise AssertionError(f"pid {pid} still exists after {timeout}s")
+
+
+def restore_after_page_server(client: Any, w: Workload, res: Any, src: Path, dst: Path) -> None:
+    """The second half of a page-server migration: the pages went to ``dst`` (none left in ``src``), the
+    other images follow, the dumped counter ``w`` is gone, the restore gets its pid back and it keeps
+    counting with no gap."""
+    import shutil
+
+    assert res.stats is not None and res.stats.pages_written > 0
+    assert not list(src.glob("pages-*.img")), "the pages went to the page server, not to disk here"
+    assert list(dst.glob("pages-*.img"))
+    for f in src.glob("*.img"):
+        shutil.copy(f, dst / f.name)
+    w.proc.wait(timeout=10)
+    wait_gone(w.pid)
+    rr = client.restore({}, dst)
+    assert rr.pid == w.pid
+    w.wait_ticks(3)
+    assert_continuous(w.ticks())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -388,6 +389,24 @@ def throwaway_sshd(tmp_path: Path, addr: str, netns: str = "", edge_netns: str =
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, 9)  # our sshd and the sessions it forked (same process group)
             p.wait()
+
+
+@contextlib.contextmanager
+def ssh_control_master(sshd: Sshd, ctl: Path) -> Iterator[list[str]]:
+    """An ssh control master on ``ctl`` to ``sshd`` (like the agent channel's); yields the ssh options that
+    trust that sshd, for clients that ride the master."""
+    opts = shlex.split(sshd.env["CTCONSOLE_SSH_OPTS"])
+    master = subprocess.Popen(["ssh", *opts, "-o", "ControlMaster=yes", "-o", f"ControlPath={ctl}", "-N",
+                               "-p", str(sshd.port), f"root@{sshd.addr}"], stdin=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 10
+        while not ctl.exists() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert ctl.exists(), "ssh control master did not start"
+        yield opts
+    finally:
+        master.kill()
+        master.wait()
 
 
 def close_kept_ssh(env: dict[str, str]) -> None:

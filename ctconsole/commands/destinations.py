@@ -72,15 +72,9 @@ def _lab_hosts_by_dest() -> dict[str, Any]:
         return {}
 
 
-def lab_destinations() -> list[Destination]:
-    from ctconsole.lab import hosts as lab_hosts
-    from ctconsole.lab.proc import LabError
-
-    try:
-        found = lab_hosts.list_hosts()
-    except (LabError, OSError, ValueError):
-        return []
-    return [Destination(h.dest, "lab", h.name, note=f"{h.kind} {h.address}") for h in found]
+def lab_destinations(lab: dict[str, Any]) -> list[Destination]:
+    """The lab hosts there are now (``lab``: :func:`_lab_hosts_by_dest`, also used to probe them)."""
+    return [Destination(h.dest, "lab", h.name, note=f"{h.kind} {h.address}") for h in lab.values()]
 
 
 def journal_destinations(limit: int = JOURNALS_READ) -> list[Destination]:
@@ -312,12 +306,12 @@ def known_destinations(
     """Every destination ctconsole knows, reachable ones first, last used first among them (``local`` and the
     source itself excluded)."""
     given = [Destination(h, "host") for h in hosts if h and h != "local"]
-    found = merge([given, lab_destinations(), journal_destinations(), ssh_config_destinations(ssh_config)])
+    lab = _lab_hosts_by_dest()
+    found = merge([given, lab_destinations(lab), journal_destinations(), ssh_config_destinations(ssh_config)])
     found = [d for d in found if not is_here(d.dest)]
     if probe and found:
         import concurrent.futures
 
-        lab = _lab_hosts_by_dest()
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(found))) as pool:
             answers = list(pool.map(lambda d: reach(d.dest, lab, ssh_config), found))
         found = [replace(d, reachable=r, why=why) for d, (r, why) in zip(found, answers, strict=True)]

@@ -599,7 +599,7 @@ class Migration:
         """
         if c.runtime not in RUNTIMES_OWNING_CGROUPS or restore_opts.get("cg_root"):
             return
-        owned = _owned_hierarchies(c.init_pid)
+        owned = [ctrls.split(",")[0] for ctrls in own_hierarchies([c.init_pid])]  # cg_root names one controller
         if not owned:
             return
         # one level below the root: CRIU creates missing parents empty, and an empty cgroup-v1
@@ -1080,9 +1080,8 @@ NO_CONTROLLER = "ctconsole-none"
 
 
 def dump_controllers(pids: Iterable[int]) -> list[str]:
-    """CRIU's ``cgroup_dump_controller`` for a tree: the hierarchies (as /proc/PID/cgroup names them, which
-    is what CRIU compares: ``cpu,cpuacct``, ``name=systemd``, "" for cgroup v2) in which one of ``pids``
-    sits below the root.
+    """CRIU's ``cgroup_dump_controller`` for a tree: the hierarchies in which one of ``pids`` has a
+    cgroup of its own (:func:`own_hierarchies`), or :data:`NO_CONTROLLER` when there is none.
 
     Why: CRIU dumps every cgroup below a task's own in each hierarchy. A tree that sits at "/" in a
     hierarchy (net_prio or a named one nobody manages for it; a plain process tree in all of them) made
@@ -1091,6 +1090,13 @@ def dump_controllers(pids: Iterable[int]) -> list[str]:
     host's cgroup tree on the destination. Its processes are restored into the restoring CRIU's
     cgroups of those hierarchies instead: what a process started there would get.
     """
+    return own_hierarchies(pids) or [NO_CONTROLLER]
+
+
+def own_hierarchies(pids: Iterable[int]) -> list[str]:
+    """Every hierarchy, named as /proc/PID/cgroup names it (which is what CRIU compares: ``cpu,cpuacct``,
+    ``name=systemd``, "" for cgroup v2), in which one of ``pids`` sits below the root, i.e. where its
+    runtime gave it a cgroup of its own."""
     out: list[str] = []
     for pid in pids:
         try:
@@ -1101,21 +1107,6 @@ def dump_controllers(pids: Iterable[int]) -> list[str]:
             _hid, ctrls, path = [*line.split(":", 2), "", ""][:3]
             if path not in ("", "/") and ctrls not in out:
                 out.append(ctrls)
-    return out or [NO_CONTROLLER]
-
-
-def _owned_hierarchies(pid: int) -> list[str]:
-    """A controller name (CRIU's: ``cpu``, ``name=systemd``, "" for cgroup v2) of every hierarchy in which
-    ``pid`` sits below the root, i.e. where its runtime gave it a cgroup of its own."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        _hid, ctrls, path = [*line.split(":", 2), "", ""][:3]
-        if path not in ("", "/"):
-            out.append(ctrls.split(",")[0])
     return out
 
 

@@ -15,7 +15,7 @@ import pytest
 from ctconsole.criu.client import CriuClient, CriuError, Notify, NotifyReply
 from ctconsole.criu.images import DumpStats, RestoreStats
 from ctconsole.criu.rpc import start_service
-from tests.support import Workload, assert_continuous, spawn_counter, wait_gone
+from tests.support import Workload, assert_continuous, restore_after_page_server, spawn_counter, wait_gone
 
 pytestmark = pytest.mark.criu
 
@@ -216,8 +216,6 @@ def test_cpuinfo_check_without_image_fails_clearly(client: CriuClient, workdir: 
 
 def test_page_server_child_then_restore(client: CriuClient, workdir: Path) -> None:
     """Pages go to a page server (as on a destination), the rest is copied, restore continues."""
-    import shutil
-
     w = spawn_counter(workdir)
     try:
         src, dst = workdir / "src", workdir / "dst"
@@ -227,17 +225,7 @@ def test_page_server_child_then_restore(client: CriuClient, workdir: Path) -> No
             assert info.port > 0 and info.pid > 0
             res = client.dump({"pid": w.pid, "ps": {"address": "127.0.0.1", "port": info.port}}, src)
             assert wait(30) == 0  # WAIT_PID: the page server exited cleanly after the dump
-        assert res.stats is not None and res.stats.pages_written > 0
-        assert not list(src.glob("pages-*.img")), "pages must have gone to the page server"
-        assert list(dst.glob("pages-*.img"))
-        for f in src.glob("*.img"):
-            shutil.copy(f, dst / f.name)
-        w.proc.wait(timeout=10)
-        wait_gone(w.pid)
-        rr = client.restore({}, dst)
-        assert rr.pid == w.pid
-        w.wait_ticks(3)
-        assert_continuous(w.ticks())
+        restore_after_page_server(client, w, res, src, dst)
     finally:
         w.kill()
 

@@ -329,17 +329,23 @@ def test_workload_check_suggest_migrate(name: str, tmp_path: Path, nshost: Netns
         stop_box(b)
 
 
+def httpd_on_host_stdio(tmp: Path) -> tuple[Workload, Path, Box]:
+    """busybox httpd in a box of its own whose stdio is still the host's /dev/null (a char device): the
+    workload, its root and the box."""
+    need("busybox")
+    w = WORKLOADS["busybox-httpd"]
+    root = tmp / "root"
+    root.mkdir()
+    return w, root, start_box(root, w.argv(root), host_stdio=True)
+
+
 def test_file_rule_of_another_kind_is_caught_before_the_freeze(tmp_path: Path, nshost: NetnsHost,
                                                                 host_binds: dict[str, Path], criu_bin: str) -> None:
     """stdio left on the host's /dev/null (a char device), handed over as a regular file: CRIU compares
     the whole st_mode on restore ('File fd/0 has bad mode 0100644 (expect 020666)', files-reg.c), so
     ``check --to`` must say so instead of 'no known blockers'."""
-    need("busybox")
-    w = WORKLOADS["busybox-httpd"]
+    w, root, b = httpd_on_host_stdio(tmp_path)
     env = ctenv(tmp_path)
-    root = tmp_path / "root"
-    root.mkdir()
-    b = start_box(root, w.argv(root), host_stdio=True)
     try:
         wait_answer(w, b.init, root)
         stand_in = tmp_path / "stdin-stand-in"
@@ -366,12 +372,8 @@ def test_stdio_on_the_hosts_dev_null_migrates_with_the_suggested_rule(tmp_path: 
     """stdio left on the host's /dev/null (``unshare ... </dev/null``, a runtime's stdio): the draft hands the
     destination's own /dev/null over (a `file` rule), and the destination's policy lets the agent open the
     kernel's /dev/null (never create it, never another device): the workload migrates and answers."""
-    need("busybox")
-    w = WORKLOADS["busybox-httpd"]
+    w, root, b = httpd_on_host_stdio(tmp_path)
     env = ctenv(tmp_path)
-    root = tmp_path / "root"
-    root.mkdir()
-    b = start_box(root, w.argv(root), host_stdio=True)
     try:
         before = wait_answer(w, b.init, root)
         draft, rules = suggested_rules(b.init, nshost, env, host_binds, tmp_path)

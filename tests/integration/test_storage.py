@@ -8,16 +8,13 @@ ssh control master the way a migration sends them.
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ctconsole.migrate import storage
-from tests.support_hosts import Sshd, throwaway_sshd
+from tests.support_hosts import Sshd, ssh_control_master, throwaway_sshd
 
 
 @pytest.fixture
@@ -29,17 +26,10 @@ def sshd(tmp_path: Path, needs_root: None) -> Iterator[Sshd]:
 @pytest.fixture
 def mux(tmp_path: Path, sshd: Sshd) -> Iterator[tuple[list[str], str]]:
     """A control master like the agent channel's; yields rsync's remote shell argv and target."""
-    opts = shlex.split(sshd.env["CTCONSOLE_SSH_OPTS"])
     ctl = tmp_path / "ctl"
-    master = subprocess.Popen(["ssh", *opts, "-o", "ControlMaster=yes", "-o", f"ControlPath={ctl}", "-N",
-                               "-p", str(sshd.port), "root@127.0.0.1"], stdin=subprocess.DEVNULL)
-    end = time.monotonic() + 10
-    while not ctl.exists() and time.monotonic() < end:
-        time.sleep(0.05)
-    assert ctl.exists(), "ssh control master did not start"
-    yield ["ssh", *opts, "-o", f"ControlPath={ctl}", "-o", "BatchMode=yes", "-p", str(sshd.port)], "root@127.0.0.1"
-    master.kill()
-    master.wait()
+    with ssh_control_master(sshd, ctl) as opts:
+        yield (["ssh", *opts, "-o", f"ControlPath={ctl}", "-o", "BatchMode=yes", "-p", str(sshd.port)],
+               "root@127.0.0.1")
 
 
 @pytest.fixture

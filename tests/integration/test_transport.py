@@ -11,13 +11,11 @@
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +23,8 @@ import pytest
 
 from ctconsole.criu.client import CriuClient
 from ctconsole.migrate import transport
-from tests.support import assert_continuous, spawn_counter, wait_gone
-from tests.support_hosts import throwaway_sshd
+from tests.support import restore_after_page_server, spawn_counter
+from tests.support_hosts import ssh_control_master, throwaway_sshd
 
 pytestmark = pytest.mark.criu
 
@@ -60,17 +58,7 @@ def _migrate_pages(client: CriuClient, workdir: Path, src_end: int, dst_end: soc
             assert info.port == 0 and info.pid > 0, "no port: the server listens nowhere"
             res = client.dump({"pid": w.pid}, src, ps_fd=src_end)
             assert wait(30) == 0
-        assert res.stats is not None and res.stats.pages_written > 0
-        assert not list(src.glob("pages-*.img")), "the pages went down the socket, not to disk here"
-        assert list(dst.glob("pages-*.img"))
-        for f in src.glob("*.img"):
-            shutil.copy(f, dst / f.name)
-        w.proc.wait(timeout=10)
-        wait_gone(w.pid)
-        rr = client.restore({}, dst)
-        assert rr.pid == w.pid
-        w.wait_ticks(3)
-        assert_continuous(w.ticks())
+        restore_after_page_server(client, w, res, src, dst)
     finally:
         w.kill()
 
@@ -131,19 +119,9 @@ def test_listener_times_out_and_cleans_up(needs_root: None, tmp_path: Path) -> N
 
 @pytest.fixture
 def mux(tmp_path: Path, needs_root: None) -> Iterator[transport.SshMux]:
-    with throwaway_sshd(tmp_path, "127.0.0.1") as sshd:
-        opts = shlex.split(sshd.env["CTCONSOLE_SSH_OPTS"])
-        ctl = tmp_path / "ctl"
-        master = subprocess.Popen(["ssh", *opts, "-o", "ControlMaster=yes", "-o", f"ControlPath={ctl}", "-N",
-                                   "-p", str(sshd.port), "root@127.0.0.1"], stdin=subprocess.DEVNULL)
-        end = time.monotonic() + 10
-        while not ctl.exists() and time.monotonic() < end:
-            time.sleep(0.05)
-        try:
-            yield transport.SshMux(["ssh", *opts], ctl, transport.ssh_target_args("root", "127.0.0.1", sshd.port))
-        finally:
-            master.kill()
-            master.wait()
+    ctl = tmp_path / "ctl"
+    with throwaway_sshd(tmp_path, "127.0.0.1") as sshd, ssh_control_master(sshd, ctl) as opts:
+        yield transport.SshMux(["ssh", *opts], ctl, transport.ssh_target_args("root", "127.0.0.1", sshd.port))
 
 
 def test_pages_through_the_ssh_master(client: CriuClient, workdir: Path, mux: transport.SshMux,
